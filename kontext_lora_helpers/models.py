@@ -1,0 +1,302 @@
+"""Loading a FLUX.1 Kontext pipeline: nano, a local diffusers folder, or a hub id.
+
+One call for every notebook and command::
+
+    pipe = load_pipeline("nano")                                       # CPU, the shipped weights
+    pipe = load_pipeline("black-forest-labs/FLUX.1-Kontext-dev")       # GPU, bf16 on Ampere or newer
+    pipe = load_pipeline("/models/flux-kontext", quantize="nf4")       # 4-bit base for 16-24 GB cards
+
+Device and dtype: CUDA when present, else CPU. bf16 only where the GPU's compute capability is at
+least 8 (Ampere: A100, L4, RTX 30xx/40xx); a T4 (7.5) reports `torch.cuda.is_bf16_supported()` as
+True but emulates it slowly, so it gets fp16. The CPU gets fp32.
+
+Memory options for the 12 B transformer on 16-24 GB cards:
+- ``quantize="nf4"``: 4-bit NormalFloat weights through bitsandbytes (CUDA only), ~6.7 GB instead of
+  ~23.8 GB in bf16; the LoRA trains in higher precision on top (QLoRA).
+- ``quantize="int8"``: 8-bit weight-only quantization through torchao; runs on CPU too, so the code
+  path is tested here on nano.
+- ``vae_slicing`` / ``vae_tiling``: decode a batch image by image / a large image tile by tile.
+- ``text_encoder_offload``: keep CLIP and T5 (9.5 GB in bf16) on the CPU and move each to the GPU only
+  while it runs (`enable_model_cpu_offload`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REAL_MODEL_ID = "black-forest-labs/FLUX.1-Kontext-dev"
+QUANTIZE_CHOICES = (None, "nf4", "int8")
+_REAL_MAX_SEQUENCE_LENGTH = 512
+
+
+class ModelLoadError(RuntimeError):
+    """A pipeline could not be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    dtype: torch.dtype
+    reason: str
+
+
+def choose_device_and_dtype(device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> DeviceChoice:
+    """Pick where and in which precision to run.
+
+    Args:
+        device: "cuda", "cpu", "cuda:1"... or None for CUDA when available.
+        dtype: torch dtype or its name ("bfloat16", "float16", "float32"), or None to decide from the
+            device: bf16 on GPUs with compute capability >= 8, fp16 on older GPUs, fp32 on CPU.
+    """
+    if isinstance(dtype, str):
+        try:
+            dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                     "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+        except KeyError:
+            raise ValueError(f"dtype must be one of bfloat16, float16, float32; got {dtype!r}.") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was requested but no CUDA GPU is visible; use device='cpu'.")
+    if dtype is not None:
+        return DeviceChoice(device, dtype, "requested")
+    if device.type != "cuda":
+        return DeviceChoice(device, torch.float32, "CPU: float32 (half precision is slow or unsupported)")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return DeviceChoice(device, torch.bfloat16, f"compute capability {major}.{minor} >= 8: native bf16")
+    # T4 (7.5) claims bf16 support through emulation; fp16 is its fast path.
+    return DeviceChoice(device, torch.float16, f"compute capability {major}.{minor} < 8: no native bf16, fp16")
+
+
+def is_nano(name_or_path) -> bool:
+    return str(name_or_path).strip().lower() == "nano"
+
+
+def max_sequence_length_for(pipe) -> int:
+    """T5 tokens to use with this pipeline: 512 for FLUX-dev, 32 for nano (its tokenizer says so)."""
+    tokenizer_limit = getattr(pipe.tokenizer_2, "model_max_length", _REAL_MAX_SEQUENCE_LENGTH) or _REAL_MAX_SEQUENCE_LENGTH
+    return int(min(_REAL_MAX_SEQUENCE_LENGTH, tokenizer_limit))
+
+
+def native_resolution(pipe) -> int:
+    """The side the model was trained at: 64 for nano, 1024 for FLUX.1 Kontext."""
+    from .nano import NANO_RESOLUTION
+
+    return NANO_RESOLUTION if pipe.vae.config.sample_size == NANO_RESOLUTION else 1024
+
+
+def call_kwargs(pipe, height: int, width: int) -> dict:
+    """Arguments that make `pipe(...)` work at exactly `height` x `width` with the right text length.
+
+    The pipeline otherwise rescales to a 1024x1024 area and snaps the condition image to one of
+    Kontext's preferred resolutions, which silently changes the working size.
+    """
+    return dict(height=height, width=width, max_area=height * width, _auto_resize=False,
+                max_sequence_length=max_sequence_length_for(pipe))
+
+
+def _validate_source(name_or_path: str) -> str:
+    """'nano', 'local' or 'hub', or a ModelLoadError that says what would work."""
+    if is_nano(name_or_path):
+        return "nano"
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; pass a diffusers pipeline folder, a hub id or 'nano'.")
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json). Pass the folder that "
+                "contains model_index.json, transformer/, vae/, text_encoder/ ..., e.g. one written by "
+                "`huggingface-cli download black-forest-labs/FLUX.1-Kontext-dev --local-dir DIR` or by "
+                "`python -m kontext_lora_helpers.nano export DIR`."
+            )
+        return "local"
+    parts = str(name_or_path).split("/")
+    if len(parts) == 2 and all(parts) and not str(name_or_path).startswith((".", "~")):
+        return "hub"
+    raise ModelLoadError(
+        f"Unknown model {name_or_path!r}: not 'nano', not an existing folder, not a hub id like "
+        f"'{REAL_MODEL_ID}'."
+    )
+
+
+def _quantize_config(quantize: str | None, device: torch.device, compute_dtype: torch.dtype):
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of None, 'nf4', 'int8'; got {quantize!r}.")
+    if quantize is None:
+        return None
+    if quantize == "nf4":
+        if device.type != "cuda":
+            raise ModelLoadError(
+                "NF4 quantization needs bitsandbytes on a CUDA GPU, and this run is on the CPU. Use "
+                "quantize='int8' (torchao, works on CPU) or no quantization."
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ModelLoadError("NF4 needs bitsandbytes: pip install bitsandbytes") from None
+        from diffusers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError:
+        raise ModelLoadError("int8 quantization needs torchao: pip install torchao") from None
+    from diffusers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def load_pipeline(
+    name_or_path: str = "nano",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    text_encoder_offload: bool = False,
+    local_files_only: bool | None = None,
+    progress_bar: bool = False,
+):
+    """Load a `FluxKontextPipeline` ready to run.
+
+    Args:
+        name_or_path: "nano", a local diffusers folder, or a hub id (e.g. FLUX.1-Kontext-dev).
+        device, dtype: see `choose_device_and_dtype`.
+        quantize: None, "nf4" (CUDA + bitsandbytes) or "int8" (torchao, CPU or GPU); applied
+            to the transformer only, through diffusers' quantization configs.
+        vae_slicing, vae_tiling, text_encoder_offload: memory options (module docstring).
+        local_files_only: never reach the hub; defaults to True when HF_HUB_OFFLINE is set.
+        progress_bar: show the denoising progress bar on each call.
+
+    Raises:
+        ModelLoadError: unknown name, not a pipeline folder, missing credentials for a gated model,
+            weights not available offline, NF4 requested without CUDA.
+    """
+    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+
+    source = _validate_source(name_or_path)
+    choice = choose_device_and_dtype(device, dtype)
+    quant_config = _quantize_config(quantize, choice.device, choice.dtype)
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+    if source == "nano":
+        from .nano import build_nano_pipeline
+
+        pipe = build_nano_pipeline()
+        if quant_config is not None:
+            # Same code path as the real model: a transformer folder loaded with a quantization config.
+            with tempfile.TemporaryDirectory() as folder, _quiet_diffusers():
+                # torchao says it prefers bf16; fp32 compute over int8 weights is what a CPU wants.
+                pipe.transformer.save_pretrained(folder)
+                pipe.transformer = FluxTransformer2DModel.from_pretrained(
+                    folder, quantization_config=quant_config, torch_dtype=choice.dtype
+                )
+    else:
+        pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only)
+
+    if quant_config is None and pipe.transformer.dtype != choice.dtype:
+        pipe.to(dtype=choice.dtype)
+    if text_encoder_offload and choice.device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=choice.device)
+    elif quant_config is not None and quantize == "nf4":
+        for name in ("vae", "text_encoder", "text_encoder_2"):  # bnb modules are placed already
+            getattr(pipe, name).to(choice.device)
+    else:
+        pipe.to(choice.device)
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=not progress_bar)
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """Silence diffusers' info/warning logs for a block (kept out of notebook outputs)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def _from_pretrained(name_or_path: str, dtype, quant_config, local_files_only: bool):
+    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    kwargs = dict(torch_dtype=dtype, local_files_only=local_files_only)
+    try:
+        if quant_config is not None:
+            kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(
+                name_or_path, subfolder="transformer", quantization_config=quant_config, **kwargs
+            )
+        return FluxKontextPipeline.from_pretrained(name_or_path, **kwargs)
+    except GatedRepoError as error:
+        raise ModelLoadError(
+            f"{name_or_path} is a gated model. Accept its licence at https://huggingface.co/{name_or_path} "
+            "with your account, then log in on this machine (`huggingface-cli login`, or set HF_TOKEN)."
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelLoadError(
+            f"{name_or_path} was not found on the hub, or it is private/gated and you are not logged in "
+            "(`huggingface-cli login`, or set HF_TOKEN)."
+        ) from error
+    except (LocalEntryNotFoundError, OSError) as error:
+        if local_files_only or "offline" in str(error).lower() or "connect" in str(error).lower():
+            raise ModelLoadError(
+                f"The weights of {name_or_path} are not on this machine and downloading is off or "
+                "impossible (HF_HUB_OFFLINE / no network). Download them where there is network "
+                f"(`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR, or use 'nano'."
+            ) from error
+        raise
+
+
+def describe_pipeline(pipe) -> dict:
+    """What was loaded: per component parameter count (millions), dtype and device; memory in GB."""
+    report: dict = {"components": {}}
+    total_bytes = 0
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        params = list(module.parameters())
+        count = sum(p.numel() for p in params)
+        nbytes = sum(p.numel() * p.element_size() for p in params)
+        total_bytes += nbytes
+        report["components"][name] = {
+            "parameters_m": round(count / 1e6, 3),
+            "dtype": str(params[0].dtype).replace("torch.", "") if params else "-",
+            "device": str(params[0].device) if params else "-",
+            "weights_gb": round(nbytes / 1e9, 4),
+        }
+    report["weights_gb"] = round(total_bytes / 1e9, 4)
+    report["max_sequence_length"] = max_sequence_length_for(pipe)
+    if torch.cuda.is_available():
+        report["cuda_allocated_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
+    return report
+
+
+def format_description(report: dict) -> str:
+    """`describe_pipeline`'s report as an aligned table."""
+    lines = [f"{'component':15s} {'params (M)':>11s} {'dtype':>9s} {'device':>7s} {'weights (GB)':>13s}"]
+    for name, row in report["components"].items():
+        lines.append(f"{name:15s} {row['parameters_m']:11.3f} {row['dtype']:>9s} {row['device']:>7s} {row['weights_gb']:13.4f}")
+    lines.append(f"{'total':15s} {'':11s} {'':>9s} {'':>7s} {report['weights_gb']:13.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""`python -m kontext_lora_helpers.nano {export,train,info}` (also `kontext-lora nano ...`).
+
+    export DIR             write nano as a standard diffusers folder (FluxKontextPipeline.from_pretrained(DIR))
+    train vae|editor|all   rebuild the shipped weights on CPU (resumable; see the README for CPU times)
+    info                   parameter counts and the files the weights come from
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .model import COMPONENT_FILES, WEIGHTS_DIR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kontext_lora_helpers.nano", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="write nano as a diffusers pipeline folder")
+    export.add_argument("output_dir", type=Path)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+
+    train = sub.add_parser("train", help="train the nano weights on CPU")
+    train.add_argument("stage", choices=["vae", "editor", "all"])
+    train.add_argument("--work_dir", type=Path, default=Path("outputs/nano_train"),
+                       help="checkpoints and logs; a rerun resumes from here")
+    train.add_argument("--weights_dir", type=Path, default=WEIGHTS_DIR,
+                       help="where the finished weights are written (default: the package's nano_weights/)")
+    train.add_argument("--image_dirs", type=Path, nargs="*", default=None,
+                       help="photo folders to crop from (default: data_samples/ without held_out/, "
+                            "plus scikit-image's bundled photos when installed)")
+    train.add_argument("--vae_steps", type=int, default=8000)
+    train.add_argument("--vae_batch_size", type=int, default=16)
+    train.add_argument("--vae_learning_rate", type=float, default=2e-3)
+    train.add_argument("--editor_steps", type=int, default=6000)
+    train.add_argument("--editor_batch_size", type=int, default=32)
+    train.add_argument("--editor_learning_rate", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("info", help="describe the nano components")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "train":
+        return _train(args)
+    return _info()
+
+
+def _export(args) -> int:
+    from .model import build_nano_pipeline
+
+    out = args.output_dir
+    if out.exists() and not out.is_dir():
+        sys.exit(f"error: {out} is a file; pass a folder path for the nano pipeline.")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        sys.exit(f"error: {out} is not empty; choose a new folder or pass --overwrite.")
+    pipe = build_nano_pipeline()
+    pipe.save_pretrained(out, safe_serialization=True)
+    print(f"Wrote nano FluxKontextPipeline to {out} (load with FluxKontextPipeline.from_pretrained).")
+    return 0
+
+
+def _train(args) -> int:
+    import torch
+
+    from .model import load_nano_components, save_nano_weights
+
+    torch.manual_seed(args.seed)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    # Start from whatever is already trained in the work dir or weights dir (VAE before editor).
+    components = load_nano_components(args.weights_dir, allow_missing=True)
+    if args.stage in ("vae", "all"):
+        from .train import train_vae
+
+        result = train_vae(components, args.work_dir, steps=args.vae_steps, batch_size=args.vae_batch_size,
+                           learning_rate=args.vae_learning_rate, seed=args.seed, image_dirs=args.image_dirs)
+        save_nano_weights(components, args.weights_dir, parts=["vae", "text_encoder", "text_encoder_2"])
+        print(json.dumps({"vae": result}, indent=2))
+    if args.stage in ("editor", "all"):
+        if not (args.weights_dir / COMPONENT_FILES["vae"]).exists():
+            sys.exit("error: train the VAE first (`nano train vae`): the editor learns in its latent space.")
+        from .train import train_editor
+
+        components = load_nano_components(args.weights_dir, allow_missing=True)
+        result = train_editor(components, args.work_dir, steps=args.editor_steps,
+                              batch_size=args.editor_batch_size, learning_rate=args.editor_learning_rate,
+                              seed=args.seed, image_dirs=args.image_dirs)
+        save_nano_weights(components, args.weights_dir, parts=["transformer"])
+        print(json.dumps({"editor": result}, indent=2))
+    return 0
+
+
+def _info() -> int:
+    from .model import build_nano_components
+
+    components = build_nano_components()
+    for name in COMPONENT_FILES:
+        count = sum(p.numel() for p in components[name].parameters())
+        path = WEIGHTS_DIR / COMPONENT_FILES[name]
+        status = f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "missing"
+        print(f"{name:15s} {count / 1e6:6.2f} M parameters   {path.name} ({status})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""Nano Kontext: the real FLUX.1 Kontext classes at a size a laptop CPU can train and run.
+
+Every component is the class `FluxKontextPipeline` uses for FLUX.1-Kontext-dev, built from the
+configs below, so the course's code path is the real one:
+
+| component        | FLUX.1-Kontext-dev                               | nano                                   |
+|------------------|--------------------------------------------------|----------------------------------------|
+| transformer      | 19 double + 38 single blocks, 24 heads of 128    | 2 double + 4 single blocks, 4 heads of 32 |
+|                  | guidance embedding, RoPE axes (16, 56, 56)       | guidance embedding, RoPE axes (8, 12, 12) |
+| VAE              | 8x down, 16 latent channels, 1024 px             | 4x down, 16 latent channels, 64 px     |
+| text encoder     | CLIP-L (pooled 768)                              | 2-layer CLIP (pooled 64), random, frozen |
+| text encoder 2   | T5-XXL (4096 wide, 512 tokens)                   | 2-layer T5 (64 wide, 32 tokens), random, frozen |
+| scheduler        | FlowMatchEulerDiscrete, dynamic shifting         | the same config                        |
+
+The packing is unchanged: 16 latent channels, 2x2 patches -> 64 values per token, so a 64x64 image is
+a 16x16x16 latent and 8x8 = 64 tokens; Kontext appends the control image's 64 tokens after them.
+The text encoders keep their random initialisation (seeded, frozen, shipped with the weights): the
+transformer learned to read their outputs, which is all a conditioning path needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
+)
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+from .tokenizers import NANO_MAX_SEQUENCE_LENGTH, build_clip_tokenizer, build_t5_tokenizer
+
+NANO_RESOLUTION = 64
+"""Native side of nano images in pixels: 64x64 RGB -> 16x16x16 latents -> 64 tokens."""
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "nano_weights"
+"""Where the shipped nano weights live (package data): one safetensors file per component."""
+
+COMPONENT_FILES = {
+    "transformer": "transformer.safetensors",
+    "vae": "vae.safetensors",
+    "text_encoder": "text_encoder.safetensors",
+    "text_encoder_2": "text_encoder_2.safetensors",
+}
+FACTORS_FILE = "vae_latent_factors.json"
+"""Holds the VAE's `shift_factor` and `scaling_factor`, measured on data by `nano train vae`."""
+
+TRANSFORMER_CONFIG = dict(
+    patch_size=1,
+    in_channels=64,  # 16 latent channels x 2x2 patch
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,  # = T5 d_model
+    pooled_projection_dim=64,  # = CLIP hidden size
+    guidance_embeds=True,  # FLUX.1-dev / Kontext-dev are guidance-distilled
+    axes_dims_rope=(8, 12, 12),  # sums to attention_head_dim, like (16, 56, 56) sums to 128
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64),  # three levels -> vae_scale_factor 2 ** 2 = 4
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=16,
+    sample_size=NANO_RESOLUTION,
+    # FLUX's VAE has no quant convs; the factors below are placeholders until measured on data.
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    scaling_factor=1.0,
+    shift_factor=0.0,
+)
+
+# FLUX.1's scheduler config, unchanged: the shift is computed from the image token count.
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+
+def _clip_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=64,
+        hidden_act="quick_gelu",
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+
+
+def _t5_config(vocab_size: int) -> T5Config:
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as in FLUX
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def build_nano_components(seed: int = 0) -> dict:
+    """Fresh, randomly initialised nano components (the starting point of `nano train`).
+
+    Args:
+        seed: seeds `torch` before each component so the random text encoders are reproducible.
+
+    Returns:
+        dict of the seven `FluxKontextPipeline` components, all fp32 on CPU.
+    """
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        _clip_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = T5EncoderModel(_t5_config(len(tokenizer_2)))
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(seed + 3)
+    transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    for module in (text_encoder, text_encoder_2, vae, transformer):
+        module.eval().requires_grad_(False)
+    return dict(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def save_nano_weights(components: dict, weights_dir: Path | str = WEIGHTS_DIR, parts=None) -> None:
+    """Write the nano weights (fp32 safetensors, one file a component) and the VAE factors.
+
+    Args:
+        components: as returned by `build_nano_components` (possibly trained).
+        weights_dir: destination folder, created if missing.
+        parts: which of `COMPONENT_FILES` to write (default all).
+    """
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    for name in parts or COMPONENT_FILES:
+        state = {k: v.detach().float().contiguous() for k, v in components[name].state_dict().items()}
+        save_file(state, str(weights_dir / COMPONENT_FILES[name]), metadata={"format": "pt"})
+    vae_config = components["vae"].config
+    factors = {"shift_factor": float(vae_config.shift_factor), "scaling_factor": float(vae_config.scaling_factor)}
+    (weights_dir / FACTORS_FILE).write_text(json.dumps(factors, indent=2) + "\n")
+
+
+def load_nano_components(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False) -> dict:
+    """Build the nano components and load trained weights into them.
+
+    Args:
+        weights_dir: folder with the safetensors files written by `save_nano_weights`.
+        allow_missing: keep random initialisation for components whose file is absent (used while
+            training the parts in order: the VAE first, then the editor).
+
+    Raises:
+        FileNotFoundError: a weight file is missing and `allow_missing` is False.
+    """
+    weights_dir = Path(weights_dir)
+    components = build_nano_components()
+    factors_path = weights_dir / FACTORS_FILE
+    if factors_path.exists():
+        factors = json.loads(factors_path.read_text())
+        components["vae"].register_to_config(**factors)
+    for name, filename in COMPONENT_FILES.items():
+        path = weights_dir / filename
+        if not path.exists():
+            if allow_missing:
+                continue
+            raise FileNotFoundError(
+                f"Nano weight file {path} is missing. Reinstall the package, or rebuild the weights "
+                "with `python -m kontext_lora_helpers.nano train all`."
+            )
+        components[name].load_state_dict(load_file(str(path)), strict=True)
+    return components
+
+
+def build_nano_pipeline(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False) -> FluxKontextPipeline:
+    """The nano `FluxKontextPipeline` (fp32, CPU) with the shipped weights.
+
+    Run it at its native size: ``pipe(image=img, prompt=p, height=64, width=64, max_area=64 * 64,
+    _auto_resize=False, max_sequence_length=32)``; without those arguments the pipeline works at
+    1024x1024 with 512 text tokens, which nano was not trained for.
+    """
+    return FluxKontextPipeline(**load_nano_components(weights_dir, allow_missing=allow_missing))
+
+
+def nano_call_kwargs(height: int = NANO_RESOLUTION, width: int = NANO_RESOLUTION) -> dict:
+    """Keyword arguments that make `FluxKontextPipeline.__call__` work at nano's size and text length."""
+    return dict(
+        height=height,
+        width=width,
+        max_area=height * width,
+        _auto_resize=False,
+        max_sequence_length=NANO_MAX_SEQUENCE_LENGTH,
+    )

@@ -1,0 +1,137 @@
+"""Natural-image crops for training the nano VAE and the nano editor.
+
+The pool is every photo under the given folders (by default the course's `data_samples/`, without
+its `held_out/` folder) plus, when scikit-image is installed, the photographs bundled with it that are
+not among the held-out ones. Crops are taken at random scales (a 64-pixel window up to the whole
+short side, resized to 64x64), flipped, rotated by multiples of 90 degrees and colour-jittered, so a
+handful of photos gives millions of distinct training images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..images import list_images, load_rgb
+
+REPO_DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
+HELD_OUT_DIRNAME = "held_out"
+
+# scikit-image's bundled photographs worth learning from (its textures and diagrams add little).
+_SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "color.png",
+    "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
+    "motorcycle_right.png", "retina.jpg", "rocket.jpg", "moon.png", "cell.png",
+)
+
+
+_STEM_ALIASES = {"ihc": "immunohistochemistry"}
+
+
+def held_out_stems(data_samples: Path = REPO_DATA_SAMPLES) -> set[str]:
+    """File stems of the held-out photos, which no nano component may train on."""
+    folder = data_samples / HELD_OUT_DIRNAME
+    return {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def default_image_paths(image_dirs=None, use_skimage: bool = True) -> list[Path]:
+    """Training photos for nano: `image_dirs` (default `data_samples/` minus `held_out/`), plus
+    scikit-image's bundled photos when that package is installed. Held-out stems are excluded."""
+    if image_dirs is None:
+        image_dirs = [REPO_DATA_SAMPLES]
+    excluded = held_out_stems()
+    paths: list[Path] = []
+    for folder in map(Path, image_dirs):
+        paths += list_images(folder, exclude=[folder / HELD_OUT_DIRNAME])
+    if use_skimage:
+        try:
+            import skimage.data
+
+            skimage_dir = Path(skimage.data.__file__).parent
+            paths += [skimage_dir / name for name in _SKIMAGE_PHOTOS if (skimage_dir / name).exists()]
+        except ImportError:
+            warnings.warn("scikit-image is not installed; training nano on data_samples/ only.", stacklevel=2)
+    unique: dict[str, Path] = {}
+    for path in paths:  # data_samples/ holds reduced copies of some scikit-image photos: keep one
+        stem = _STEM_ALIASES.get(path.stem, path.stem)
+        if stem not in excluded:
+            unique.setdefault(stem, path)
+    return list(unique.values())
+
+
+class CropPool:
+    """Random square crops of a set of photos, as (B, 3, S, S) float tensors in [-1, 1].
+
+    Args:
+        paths: photo files (loaded once, kept in memory as RGB uint8 arrays).
+        size: side of the returned crops in pixels.
+        seed: seeds the numpy generator that draws every crop, so a run is reproducible.
+        max_side: photos are first reduced so their long side is at most this (keeps the range of
+            scales close to what a 64-pixel model sees at inference).
+    """
+
+    def __init__(self, paths, size: int = 64, seed: int = 0, max_side: int = 512):
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.images: list[Image.Image] = []
+        for path in paths:
+            image = load_rgb(path)
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.BICUBIC)
+            self.images.append(image)
+        if not self.images:
+            raise ValueError("The nano training pool is empty: pass folders that contain photos.")
+
+    def crop(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """One augmented crop: (S, S, 3) uint8."""
+        rng = rng or self.rng
+        image = self.images[rng.integers(len(self.images))]
+        short = min(image.size)
+        # Log-uniform window size: as many whole-scene views as close-up textures.
+        window = int(round(np.exp(rng.uniform(np.log(min(self.size, short)), np.log(short)))))
+        left = rng.integers(0, image.width - window + 1)
+        top = rng.integers(0, image.height - window + 1)
+        crop = image.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + window, top + window))
+        array = np.asarray(crop)
+        if rng.random() < 0.5:
+            array = array[:, ::-1]
+        array = np.rot90(array, k=int(rng.integers(4)))
+        if rng.random() < 0.5:  # channel permutation: the pool has many gray and few colourful photos
+            array = array[..., rng.permutation(3)]
+        if rng.random() < 0.3:  # saturation jitter around the luminance
+            gray = array.mean(axis=2, keepdims=True)
+            array = np.clip(gray + (array - gray) * rng.uniform(0.3, 1.6), 0, 255)
+        return np.ascontiguousarray(array, dtype=np.uint8)
+
+    def batch(self, batch_size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """(B, 3, S, S) float32 in [-1, 1]."""
+        crops = np.stack([self.crop(rng) for _ in range(batch_size)])
+        return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops_per_image: int = 4, seed: int = 1234):
+    """Evaluation images no nano component trained on: for each held-out photo, the whole photo
+    (centre square, resized) and `crops_per_image - 1` random crops. Returns (N, 3, S, S) in [-1, 1]."""
+    paths = list_images(data_samples / HELD_OUT_DIRNAME)
+    pool = CropPool(paths, size=size, seed=seed)
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for image in pool.images:
+        short = min(image.size)
+        left, top = (image.width - short) // 2, (image.height - short) // 2
+        whole = image.resize((size, size), Image.BICUBIC, box=(left, top, left + short, top + short))
+        tensors.append(to_tensor(whole))
+        for _ in range(crops_per_image - 1):
+            window = int(rng.integers(size, short + 1))
+            x, y = rng.integers(0, image.width - window + 1), rng.integers(0, image.height - window + 1)
+            tensors.append(to_tensor(image.resize((size, size), Image.BICUBIC, box=(x, y, x + window, y + window))))
+    return torch.stack(tensors)

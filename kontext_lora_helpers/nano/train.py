@@ -1,0 +1,239 @@
+"""Training the nano weights on CPU: the VAE first, then the transformer as a small image editor.
+
+Both stages checkpoint to `work_dir` and resume from there, so a long CPU run can be stopped and
+continued. The commands, and the CPU time they took for the shipped weights, are in the README
+("Rebuilding the nano weights").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import latents as latent_ops
+from .pool import CropPool, default_image_paths, held_out_batch
+
+
+def _cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.05) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+
+
+def _log(work_dir: Path, record: dict) -> None:
+    with open(work_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def measure_latent_factors(vae, pool: CropPool, num_images: int = 512, seed: int = 7) -> dict:
+    """FLUX-style `shift_factor` (mean) and `scaling_factor` (1 / std) of the VAE's raw latents,
+    measured on `num_images` crops, so that scaled latents have zero mean and unit variance."""
+    rng = np.random.default_rng(seed)
+    raw = torch.cat([vae.encode(pool.batch(64, rng)).latent_dist.mode() for _ in range(num_images // 64)])
+    return {"shift_factor": float(raw.mean()), "scaling_factor": float(1.0 / raw.std())}
+
+
+def train_vae(
+    components: dict,
+    work_dir: Path,
+    steps: int = 6000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+    image_dirs=None,
+    checkpoint_every: int = 250,
+) -> dict:
+    """Train the nano VAE for reconstruction of 64x64 natural-image crops.
+
+    Loss: MSE + 0.1 L1 on pixels in [-1, 1] plus a tiny KL term that keeps the posterior well
+    behaved; the pipeline uses the posterior's mode, so the KL only regularises.
+
+    Returns:
+        dict with held-out round-trip PSNR (dB) and the measured latent factors.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    vae = components["vae"].train().requires_grad_(True)
+    pool = CropPool(default_image_paths(image_dirs), size=64, seed=seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    checkpoint_path = work_dir / "vae_checkpoint.pt"
+    start = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        pool.rng.bit_generator.state = state["rng"]
+        start = state["step"]
+    evaluation = held_out_batch(64)
+    progress = tqdm(range(start, steps), initial=start, total=steps, desc="nano VAE", dynamic_ncols=True)
+    begun = time.time()
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, steps, learning_rate, warmup=200)
+        pixels = pool.batch(batch_size)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.mode()).sample
+        loss = F.mse_loss(reconstruction, pixels) + 0.1 * F.l1_loss(reconstruction, pixels)
+        loss = loss + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            vae.eval()
+            with torch.no_grad():
+                recon = vae.decode(vae.encode(evaluation).latent_dist.mode()).sample
+            vae.train()
+            psnr = latent_ops.psnr_db(recon, evaluation)
+            _log(work_dir, {"stage": "vae", "step": step + 1, "loss": loss.item(), "held_out_psnr": psnr,
+                            "seconds": time.time() - begun})
+            _save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                          "rng": pool.rng.bit_generator.state, "step": step + 1}, checkpoint_path)
+    vae.eval().requires_grad_(False)
+    factors = measure_latent_factors(vae, pool)
+    vae.register_to_config(**factors)
+    _, psnr = latent_ops.round_trip(vae, evaluation)
+    return {"held_out_psnr_db": psnr, **factors}
+
+
+# --- the editor --------------------------------------------------------------------------------------
+
+# Words the identity prompts are drawn from: neither the edits' trigger words nor any restoration
+# vocabulary, so "Restore this degraded photograph ..." stays an instruction nano never saw.
+_IDENTITY_WORDS = """
+a an the this that of to in on at for with and or is it image photo photograph picture scene
+please just keep leave same original copy unchanged as do nothing change edit make texture face
+portrait cat cup temple sky night day from by into over under very all every more less detail
+colour color red green blue yellow warm cool tint contrast saturation sharp quality high
+""".split()
+_IDENTITY_PHRASES = ("Keep the image unchanged", "Copy this photo", "Leave it as it is", "")
+
+EDITS = {
+    "flip": ("Flip the image horizontally", "Mirror the image left to right", "Flip it horizontally"),
+    "grayscale": ("Make it black and white", "Convert the photo to grayscale", "Make the image monochrome"),
+    "brighten": ("Make the image brighter", "Brighten the photo", "Make it lighter"),
+}
+"""The prompted edits nano learns, with the phrasings it was trained on."""
+
+
+def apply_edit(pixels: torch.Tensor, edit: str) -> torch.Tensor:
+    """Apply one of `EDITS` (or "identity") to (B, 3, H, W) images in [-1, 1]."""
+    if edit == "identity":
+        return pixels
+    if edit == "flip":
+        return pixels.flip(-1)
+    if edit == "grayscale":  # BT.601 luma, repeated on the three channels
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype).view(1, 3, 1, 1)
+        return (pixels * weights).sum(1, keepdim=True).expand_as(pixels).contiguous()
+    if edit == "brighten":  # lift the tones: 1 - 0.6 (1 - x) on the [0, 1] scale
+        unit = (pixels + 1) / 2
+        return (1 - 0.6 * (1 - unit)) * 2 - 1
+    raise ValueError(f"unknown edit {edit!r}; choose from identity, {', '.join(EDITS)}.")
+
+
+def random_identity_prompt(rng: np.random.Generator) -> str:
+    """An instruction that should leave the image unchanged: a stock phrase or 2-8 random words."""
+    if rng.random() < 0.3:
+        return _IDENTITY_PHRASES[rng.integers(len(_IDENTITY_PHRASES))]
+    words = rng.choice(_IDENTITY_WORDS, size=int(rng.integers(2, 9)))
+    return " ".join(words).capitalize()
+
+
+def editor_batch(pool: CropPool, batch_size: int, rng: np.random.Generator, identity_fraction: float = 0.55):
+    """(control, target, prompts, edits): controls are photo crops, targets their edited versions."""
+    control = pool.batch(batch_size, rng)
+    names = ["identity"] + list(EDITS)
+    edit_p = (1 - identity_fraction) / len(EDITS)
+    edits = rng.choice(names, size=batch_size, p=[identity_fraction] + [edit_p] * len(EDITS))
+    target = torch.stack([apply_edit(control[i : i + 1], str(e))[0] for i, e in enumerate(edits)])
+    prompts = [
+        random_identity_prompt(rng) if e == "identity" else EDITS[str(e)][rng.integers(len(EDITS[str(e)]))]
+        for e in edits
+    ]
+    return control, target, prompts, [str(e) for e in edits]
+
+
+def train_editor(
+    components: dict,
+    work_dir: Path,
+    steps: int = 4000,
+    batch_size: int = 32,
+    learning_rate: float = 5e-4,
+    seed: int = 0,
+    image_dirs=None,
+    checkpoint_every: int = 250,
+) -> dict:
+    """Pretrain the nano transformer as a small Kontext editor with the course's own objective.
+
+    Each sample is (control crop, prompt, target): the target is the control itself for an
+    unrecognised instruction, or its flipped / grayscale / brightened version for the prompted edits.
+    Sigmas are logit-normal, shifted with the mu the pipeline uses for 64 image tokens.
+    """
+    from diffusers import FluxKontextPipeline
+
+    from .. import objective
+    from .tokenizers import NANO_MAX_SEQUENCE_LENGTH
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    pipe = FluxKontextPipeline(**components)
+    transformer = components["transformer"].train().requires_grad_(True)
+    vae = components["vae"]
+    prompts_cache = objective.PromptEmbeddingCache(pipe, NANO_MAX_SEQUENCE_LENGTH)
+    pool = CropPool(default_image_paths(image_dirs), size=64, seed=seed + 1)
+    rng = np.random.default_rng(seed + 2)
+    generator = torch.Generator().manual_seed(seed + 3)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=0.01)
+    mu = objective.calculate_shift(64, components["scheduler"].config)
+    checkpoint_path = work_dir / "editor_checkpoint.pt"
+    start = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        transformer.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        pool.rng.bit_generator.state = state["pool_rng"]
+        generator.set_state(state["generator"])
+        start = state["step"]
+    progress = tqdm(range(start, steps), initial=start, total=steps, desc="nano editor", dynamic_ncols=True)
+    begun = time.time()
+    running = None
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, steps, learning_rate, warmup=200)
+        control, target, prompts, _ = editor_batch(pool, batch_size, rng)
+        target_latents, control_latents = objective.encode_pair(vae, target, control)
+        sigmas = objective.sample_sigmas(batch_size, "logit_normal", shift=mu, generator=generator)
+        noise = torch.randn(target_latents.shape, generator=generator)
+        out = objective.kontext_flow_matching_step(
+            transformer, target_latents, control_latents, prompts_cache.batch(prompts), sigmas, noise
+        )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        running = out.loss.item() if running is None else 0.98 * running + 0.02 * out.loss.item()
+        progress.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _log(work_dir, {"stage": "editor", "step": step + 1, "loss_ema": running, "seconds": time.time() - begun})
+            _save_atomic({"model": transformer.state_dict(), "optimizer": optimizer.state_dict(),
+                          "rng": rng.bit_generator.state, "pool_rng": pool.rng.bit_generator.state,
+                          "generator": generator.get_state(), "step": step + 1}, checkpoint_path)
+    transformer.eval().requires_grad_(False)
+    return {"steps": steps, "final_loss_ema": running}

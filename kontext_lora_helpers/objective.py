@@ -1,0 +1,328 @@
+"""The Kontext flow-matching objective, one named stage at a time.
+
+A training step reads top to bottom, and every stage builds what `FluxKontextPipeline` builds at
+inference (tests capture the pipeline's transformer call and compare):
+
+1. ``target_latents, control_latents = encode_pair(vae, target_pixels, control_pixels)``
+2. ``sigmas = sample_sigmas(batch, scheme, shift=mu)``            noise level per sample, in (0, 1)
+3. ``noisy = noisy_latents(target_latents, noise, sigmas)``        x_t = (1 - sigma) x0 + sigma noise
+4. ``inputs = build_transformer_inputs(noisy, control_latents, prompt embeds, sigmas, guidance)``
+   packs both images into tokens, puts the control tokens *after* the target tokens, gives the control
+   ids frame 1, and passes ``timestep = sigma`` (the transformer multiplies by 1000 itself)
+5. ``v_hat = predict_velocity(transformer, inputs)``               sliced back to the target tokens
+6. ``v = velocity_target(noise, target_latents)``                  v = noise - x0 (packed)
+7. ``loss = flow_matching_loss(v_hat, v, loss_weighting(sigmas, scheme))``
+   and, for a pixel-space term, ``x0_hat = x0_from_velocity(noisy, sigmas, v_hat)``.
+
+Only the target tokens carry a loss: the control tokens are context, exactly as at inference where
+the pipeline keeps the first ``n_target_tokens`` of the prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import latents as latent_ops
+
+SIGMA_SCHEMES = ("uniform", "logit_normal", "mode")
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+# --- 1. encode -------------------------------------------------------------------------------------
+
+
+def encode_pair(vae, target_pixels: torch.Tensor, control_pixels: torch.Tensor):
+    """Encode the clean target and the degraded control with the frozen VAE (mode, shift, scale).
+
+    Args:
+        target_pixels, control_pixels: (B, 3, H, W) float in [-1, 1]; sides multiples of
+            `latents.pixel_multiple(vae)` (16 for FLUX, 8 for nano). Kontext accepts a control of a
+            different size than the target, but the two batches must have the same B.
+
+    Returns:
+        (target_latents, control_latents), each (B, 16, H/f, W/f) in the VAE's dtype.
+    """
+    multiple = latent_ops.pixel_multiple(vae)
+    latent_ops.check_image_tensor(target_pixels, multiple, "target image")
+    latent_ops.check_image_tensor(control_pixels, multiple, "control image")
+    if target_pixels.shape[0] != control_pixels.shape[0]:
+        raise ValueError(
+            f"target and control batches differ in size: {target_pixels.shape[0]} vs {control_pixels.shape[0]}."
+        )
+    return latent_ops.encode(vae, target_pixels), latent_ops.encode(vae, control_pixels)
+
+
+# --- 2. noise levels -------------------------------------------------------------------------------
+
+
+def calculate_shift(image_seq_len: int, scheduler_config=None) -> float:
+    """The resolution-dependent shift `mu` FLUX's pipeline uses at inference (linear in token count).
+
+    With FLUX's config (256 -> 0.5, 4096 -> 1.15): 4096 target tokens (1024 px) give 1.15, 1024
+    tokens (512 px) give 0.63, nano's 64 tokens give 0.47.
+    """
+    config = dict(base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    if scheduler_config is not None:
+        config.update({k: scheduler_config[k] for k in config if k in scheduler_config})
+    slope = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
+    return image_seq_len * slope + config["base_shift"] - slope * config["base_image_seq_len"]
+
+
+def shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
+    """FLUX's exponential time shift: ``e^mu / (e^mu + 1/sigma - 1)``; mu > 0 moves mass to high noise."""
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+def sample_sigmas(
+    batch_size: int,
+    scheme: str = "logit_normal",
+    shift: float | None = None,
+    generator: torch.Generator | None = None,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    device=None,
+) -> torch.Tensor:
+    """Draw one noise level per sample, in (0, 1), float32.
+
+    Args:
+        scheme: "uniform"; "logit_normal" (sigmoid of N(logit_mean, logit_std), SD3's default);
+            "mode" (SD3's mode sampling with `mode_scale`).
+        shift: `mu` for FLUX's time shift (see `calculate_shift`), or None for unshifted sigmas.
+            Shifting the training sigmas with the same mu the pipeline uses for the same token count
+            trains the noise levels that inference visits.
+        generator: a CPU `torch.Generator` for reproducible draws.
+    """
+    _check_choice("sigma sampling scheme", scheme, SIGMA_SCHEMES)
+    if scheme == "uniform":
+        u = torch.rand(batch_size, generator=generator)
+    elif scheme == "logit_normal":
+        u = torch.sigmoid(torch.randn(batch_size, generator=generator) * logit_std + logit_mean)
+    else:
+        u = torch.rand(batch_size, generator=generator)
+        u = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    u = u.clamp(1e-4, 1 - 1e-4)
+    if shift is not None:
+        u = shift_sigmas(u, shift)
+    return u.to(device=device, dtype=torch.float32)
+
+
+# --- 3. noise --------------------------------------------------------------------------------------
+
+
+def noisy_latents(clean: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Rectified flow's straight path: ``x_t = (1 - sigma) * x0 + sigma * noise``.
+
+    Args:
+        clean, noise: (B, C, h, w) latents; sigmas: (B,) in [0, 1].
+    """
+    s = sigmas.view(-1, *([1] * (clean.ndim - 1))).to(clean.dtype)
+    return (1 - s) * clean + s * noise
+
+
+def velocity_target(noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The velocity of the path, d x_t / d sigma = noise - x0 (same shape as its inputs)."""
+    return noise - clean
+
+
+def x0_from_velocity(noisy: torch.Tensor, sigmas: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """The clean sample implied by a velocity: ``x0_hat = x_t - sigma * v_hat``."""
+    s = sigmas.view(-1, *([1] * (noisy.ndim - 1))).to(noisy.dtype)
+    return noisy - s * velocity
+
+
+# --- 4. the transformer's inputs -------------------------------------------------------------------
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning for a batch: T5 states (B, T, D), CLIP pooled (B, P) and text ids (T, 3)."""
+
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    text_ids: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> PromptEmbeddings:
+        return PromptEmbeddings(
+            self.prompt_embeds.to(device=device, dtype=dtype),
+            self.pooled_prompt_embeds.to(device=device, dtype=dtype),
+            self.text_ids.to(device=device, dtype=dtype),
+        )
+
+
+def build_transformer_inputs(
+    noisy_target_latents: torch.Tensor,
+    control_latents: torch.Tensor,
+    text: PromptEmbeddings,
+    sigmas: torch.Tensor,
+    guidance_scale: float | None = 3.5,
+) -> dict:
+    """The keyword arguments `FluxKontextPipeline` passes to its transformer, for a training batch.
+
+    Args:
+        noisy_target_latents: (B, 16, h, w) x_t of the target image.
+        control_latents: (B, 16, h_c, w_c) clean latents of the condition (degraded) image.
+        text: prompt embeddings with batch B.
+        sigmas: (B,) noise levels; passed as `timestep` (the transformer scales by 1000 internally).
+        guidance_scale: value of FLUX-dev's distilled-guidance input (the pipeline's default is
+            3.5), or None for transformers without a guidance embedding.
+
+    Returns:
+        dict with hidden_states (B, N_t + N_c, 64), timestep (B,), guidance (B,) or None,
+        pooled_projections, encoder_hidden_states, txt_ids, img_ids (N_t + N_c, 3), return_dict=False.
+    """
+    if noisy_target_latents.shape[0] != control_latents.shape[0]:
+        raise ValueError("target and control latents must have the same batch size.")
+    target_hw = tuple(noisy_target_latents.shape[-2:])
+    control_hw = tuple(control_latents.shape[-2:])
+    hidden_states, img_ids = latent_ops.kontext_sequence(
+        latent_ops.pack(noisy_target_latents), latent_ops.pack(control_latents), target_hw, control_hw
+    )
+    batch = hidden_states.shape[0]
+    guidance = None
+    if guidance_scale is not None:
+        guidance = torch.full((batch,), float(guidance_scale), device=hidden_states.device, dtype=torch.float32)
+    return dict(
+        hidden_states=hidden_states,
+        timestep=sigmas.to(device=hidden_states.device, dtype=hidden_states.dtype),
+        guidance=guidance,
+        pooled_projections=text.pooled_prompt_embeds,
+        encoder_hidden_states=text.prompt_embeds,
+        txt_ids=text.text_ids,
+        img_ids=img_ids,
+        return_dict=False,
+    )
+
+
+def predict_velocity(transformer, inputs: dict, num_target_tokens: int) -> torch.Tensor:
+    """Run the transformer and keep the target tokens' prediction: (B, N_t, 64)."""
+    prediction = transformer(**inputs)[0]
+    return prediction[:, :num_target_tokens]
+
+
+# --- 5. the loss -----------------------------------------------------------------------------------
+
+
+def loss_weighting(sigmas: torch.Tensor, scheme: str = "none") -> torch.Tensor:
+    """Per-sample loss weights (B,) as in SD3/diffusers: none = 1; sigma_sqrt = sigma^-2;
+    cosmap = 2 / (pi (1 - 2 sigma + 2 sigma^2))."""
+    _check_choice("loss weighting scheme", scheme, WEIGHTING_SCHEMES)
+    if scheme == "sigma_sqrt":
+        return (sigmas**-2.0).float()
+    if scheme == "cosmap":
+        return (2 / (math.pi * (1 - 2 * sigmas + 2 * sigmas**2))).float()
+    return torch.ones_like(sigmas, dtype=torch.float32)
+
+
+def flow_matching_loss(prediction: torch.Tensor, target: torch.Tensor, weighting: torch.Tensor) -> torch.Tensor:
+    """The seed's L2 loss per sample: mean over all but the batch dimension of w * (v_hat - v)^2.
+
+    Returns:
+        (B,) float32 losses; `.mean()` gives the batch loss.
+    """
+    w = weighting.view(-1, *([1] * (prediction.ndim - 1)))
+    return torch.mean((w * (prediction.float() - target.float()) ** 2).reshape(target.shape[0], -1), 1)
+
+
+@dataclass
+class StepOutput:
+    """What one objective evaluation produced (tokens are packed, (B, N_t, 64))."""
+
+    loss: torch.Tensor  # scalar
+    per_sample_loss: torch.Tensor  # (B,)
+    sigmas: torch.Tensor  # (B,)
+    predicted_velocity: torch.Tensor
+    target_velocity: torch.Tensor
+    noisy_tokens: torch.Tensor
+    latent_hw: tuple[int, int]
+
+    def x0_hat_latents(self) -> torch.Tensor:
+        """(B, 16, h, w) clean latents implied by the prediction, for a pixel-space loss."""
+        tokens = x0_from_velocity(self.noisy_tokens, self.sigmas, self.predicted_velocity)
+        return latent_ops.unpack(tokens, *self.latent_hw)
+
+
+def kontext_flow_matching_step(
+    transformer,
+    target_latents: torch.Tensor,
+    control_latents: torch.Tensor,
+    text: PromptEmbeddings,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    guidance_scale: float | None = 3.5,
+    weighting_scheme: str = "none",
+) -> StepOutput:
+    """Stages 3-7 in order: noise the target, build the Kontext sequence, predict, compare."""
+    if not (torch.isfinite(target_latents).all() and torch.isfinite(control_latents).all()):
+        raise ValueError("latents contain NaN or inf; check the input images and the VAE.")
+    noisy = noisy_latents(target_latents, noise, sigmas)
+    inputs = build_transformer_inputs(noisy, control_latents, text, sigmas, guidance_scale)
+    num_target_tokens = (noisy.shape[-2] // 2) * (noisy.shape[-1] // 2)
+    predicted = predict_velocity(transformer, inputs, num_target_tokens)
+    target = latent_ops.pack(velocity_target(noise, target_latents))
+    per_sample = flow_matching_loss(predicted, target, loss_weighting(sigmas, weighting_scheme).to(predicted.device))
+    return StepOutput(
+        loss=per_sample.mean(),
+        per_sample_loss=per_sample,
+        sigmas=sigmas,
+        predicted_velocity=predicted,
+        target_velocity=target,
+        noisy_tokens=inputs["hidden_states"][:, :num_target_tokens],
+        latent_hw=tuple(noisy.shape[-2:]),
+    )
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+
+class PromptEmbeddingCache:
+    """Prompt embeddings computed once per distinct prompt string (never per step, never by index).
+
+    Args:
+        pipe: a `FluxKontextPipeline` whose text encoders are loaded.
+        max_sequence_length: T5 tokens (512 for FLUX-dev, 32 for nano); must match inference.
+    """
+
+    def __init__(self, pipe, max_sequence_length: int):
+        self.max_sequence_length = max_sequence_length
+        self._pipe = pipe
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.text_ids: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, prompts) -> None:
+        """Encode any prompts not seen yet (in one batch)."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if not new:
+            return
+        if self._pipe is None:
+            raise RuntimeError(f"prompt {new[0]!r} was not encoded before the text encoders were released.")
+        embeds, pooled, text_ids = self._pipe.encode_prompt(
+            prompt=new, prompt_2=None, max_sequence_length=self.max_sequence_length,
+            device=self._pipe.text_encoder.device,
+        )
+        for i, prompt in enumerate(new):
+            self._cache[prompt] = (embeds[i].cpu(), pooled[i].cpu())
+        self.text_ids = text_ids.cpu()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def release_encoders(self) -> None:
+        """Forget the pipeline so the text encoders can be freed once every prompt is cached."""
+        self._pipe = None
+
+    def batch(self, prompts, device=None, dtype=None) -> PromptEmbeddings:
+        """PromptEmbeddings for a list of prompts (B entries, repeats allowed)."""
+        self.add(prompts)
+        embeds = torch.stack([self._cache[p][0] for p in prompts])
+        pooled = torch.stack([self._cache[p][1] for p in prompts])
+        return PromptEmbeddings(embeds, pooled, self.text_ids).to(device=device, dtype=dtype)
