@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data import pil_to_tensor
+from ..course import HELD_OUT_DIRNAME, PACKAGE_DIR
 from ..images import list_images, load_rgb
 
-REPO_DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
-HELD_OUT_DIRNAME = "held_out"
+REPO_DATA_SAMPLES = PACKAGE_DIR.parent / "data_samples"
 
 # scikit-image's bundled photographs worth learning from (its textures and diagrams add little).
 _SKIMAGE_PHOTOS = (
@@ -113,11 +114,6 @@ class CropPool:
         return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-
-
 def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops_per_image: int = 4, seed: int = 1234):
     """Evaluation images no nano component trained on: for each held-out photo, the whole photo
     (centre square, resized) and `crops_per_image - 1` random crops. Returns (N, 3, S, S) in [-1, 1]."""
@@ -129,9 +125,9 @@ def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops
         short = min(image.size)
         left, top = (image.width - short) // 2, (image.height - short) // 2
         whole = image.resize((size, size), Image.BICUBIC, box=(left, top, left + short, top + short))
-        tensors.append(to_tensor(whole))
+        tensors.append(pil_to_tensor(whole))
         for _ in range(crops_per_image - 1):
             window = int(rng.integers(size, short + 1))
             x, y = rng.integers(0, image.width - window + 1), rng.integers(0, image.height - window + 1)
-            tensors.append(to_tensor(image.resize((size, size), Image.BICUBIC, box=(x, y, x + window, y + window))))
+            tensors.append(pil_to_tensor(image.resize((size, size), Image.BICUBIC, box=(x, y, x + window, y + window))))
     return torch.stack(tensors)

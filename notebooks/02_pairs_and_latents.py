@@ -1,0 +1,211 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Pairs and latents: what FLUX.1 Kontext actually sees
+#
+# A restoration LoRA learns from **pairs**: a degraded *control* image and the clean *target* it
+# should become. Kontext never sees pixels, though. Both images go through the VAE into
+# **latents**, the latents are cut into **tokens**, and the transformer reads one long sequence:
+# text tokens, then the (noisy) target tokens, then the control tokens.
+#
+# In this notebook you will
+# 1. build pairs from clean photos (`DegDataset`) and from real degraded/clean folders (`PairedDataset`),
+# 2. check that each pair is pixel-aligned,
+# 3. encode both images with the VAE and look at the 16 latent channels,
+# 4. measure how much the VAE loses in a round trip,
+# 5. pack latents into tokens and draw the sequence Kontext reads,
+# 6. meet the base model: it copies images and follows a few edits, but does not restore.
+#
+# Everything runs on a laptop CPU with **nano Kontext**: the real diffusers classes at a tiny size
+# (64x64 images, 2.4 M-parameter transformer). To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
+
+# %%
+import torch
+
+from kontext_lora_helpers import latents, viz
+from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.data import DegDataset, PairedDataset
+from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
+
+MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
+pipe = load_pipeline(MODEL)
+RESOLUTION = native_resolution(pipe)  # 64 for nano; try 512 or 1024 with the real model
+print(format_description(describe_pipeline(pipe)))
+
+# %% [markdown]
+# ## 1. Synthetic pairs with `DegDataset`
+#
+# `DegDataset` reads clean photos, crops a square of `resolution` pixels, and degrades a copy of
+# the crop. Both come back as tensors `(3, H, W)` in `[-1, 1]`, together with the prompt and a
+# record of exactly what was applied. The held-out photos are left out: they are for judging.
+
+# %%
+dataset = DegDataset(
+    data_samples(), "Restore this degraded photograph to high fidelity",
+    degradation_types="downsample,noise,blur", lr_scale=2, noise_level=0.1, blur_radius=0.5,
+    resolution=RESOLUTION, seed=0, exclude=[held_out_dir()],
+)
+print(dataset)
+items = [dataset[i] for i in range(4)]
+viz.image_grid([[it["control"] for it in items], [it["target"] for it in items]],
+               row_titles=["control (degraded)", "target (clean)"]);
+
+# %% [markdown]
+# Each item carries its prompt and the record of the degradation, with every sampled value:
+
+# %%
+item = items[0]
+print(item["prompts"])
+print(item["record"])
+
+# %% [markdown]
+# ## 2. Are the pairs aligned?
+#
+# The control and the target must show the same pixels: same crop, same flip, same size. A
+# one-pixel shift would teach the model to *move* images. `alignment_offset` searches small shifts
+# and reports the one that matches best; `(0, 0)` means aligned.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from kontext_lora_helpers.pairs import alignment_offset
+
+print([alignment_offset(it["control"], it["target"]) for it in items])
+print({tuple(it["control"].shape) == tuple(it["target"].shape) for it in items})
+
+# %% [markdown]
+# ## 3. Real pairs with `PairedDataset`
+#
+# When you have real degraded photos and their clean versions (scans before and after a
+# professional retouch, say), put them in two folders with matching file names. Here we make such
+# folders from the held-out photos, then read them back as pairs.
+
+# %%
+import tempfile
+from pathlib import Path
+
+from kontext_lora_helpers.degradations import PRESETS, apply_degradation
+from kontext_lora_helpers.images import list_images, load_rgb
+
+pairs_dir = Path(tempfile.mkdtemp())
+(pairs_dir / "clean").mkdir(), (pairs_dir / "degraded").mkdir()
+for i, path in enumerate(list_images(held_out_dir())):
+    photo = load_rgb(path)
+    photo.save(pairs_dir / "clean" / f"{path.stem}.png")
+    apply_degradation(photo, PRESETS["old_photo"], seed=i)[0].save(pairs_dir / "degraded" / f"{path.stem}.png")
+real_pairs = PairedDataset(pairs_dir / "degraded", pairs_dir / "clean", "Restore this old photograph",
+                           resolution=RESOLUTION, center_crop=True)
+print(real_pairs)
+viz.image_grid([[real_pairs[i]["control"] for i in range(len(real_pairs))],
+                [real_pairs[i]["target"] for i in range(len(real_pairs))]],
+               row_titles=["degraded", "clean"]);
+
+# %% [markdown]
+# ## 4. Into the VAE
+#
+# The pipeline encodes its condition image with `z = (mode(vae.encode(x)) - shift) * scale`: the
+# *mode* of the latent distribution (never a random sample), then a shift and a scale chosen so the
+# latents have roughly zero mean and unit variance. FLUX's VAE turns a 1024x1024 image into a
+# 16x128x128 latent (8x smaller per side); nano's turns 64x64 into 16x16x16 (4x smaller).
+
+# %%
+target = torch.stack([it["target"] for it in items])
+control = torch.stack([it["control"] for it in items])
+target_latents = latents.encode(pipe.vae, target)
+control_latents = latents.encode(pipe.vae, control)
+print("pixels", tuple(target.shape), "-> latents", tuple(target_latents.shape))
+print(f"shift_factor={pipe.vae.config.shift_factor:.4f}  scaling_factor={pipe.vae.config.scaling_factor:.4f}")
+stats = latents.latent_statistics(target_latents)
+print(f"scaled latents: mean {stats['mean']:+.3f}, std {stats['std']:.3f}")
+
+# %% [markdown]
+# Sixteen channels, each a small map of the image. Some channels follow brightness, some colour,
+# some edges. The degraded control's latent is visibly smoother: noise and blur live in latent space
+# too, and that is what the LoRA learns to undo.
+
+# %%
+viz.show_latent_channels(target_latents[0], title="target latent");
+viz.show_latent_channels(control_latents[0], title="control latent");
+
+# %% [markdown]
+# ## 5. What does the VAE lose?
+#
+# The LoRA can never be sharper than the VAE's round trip, so measure it first: encode, decode,
+# compare. PSNR is in dB; every +6 dB halves the error.
+
+# %%
+reconstruction, psnr = latents.round_trip(pipe.vae, target)
+print(f"VAE round trip on these crops: {psnr:.1f} dB")
+viz.image_grid([list(target), list(reconstruction)], row_titles=["original", "VAE round trip"]);
+
+# %% [markdown]
+# ## 6. From latents to tokens
+#
+# FLUX cuts the latent into 2x2 patches and flattens each into one token of 16 x 4 = 64 numbers.
+# A 16x16 latent becomes an 8x8 grid of 64 tokens. Each token gets a position id
+# `(frame, row, col)`: the target image is frame 0, Kontext's condition image is frame 1. Packing
+# loses nothing:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tokens = latents.pack(target_latents)
+print("latents", tuple(target_latents.shape), "-> tokens", tuple(tokens.shape))
+print("unpack(pack(z)) == z:", torch.equal(latents.unpack(tokens, *target_latents.shape[-2:]), target_latents))
+print("first control ids:", latents.position_ids(*control_latents.shape[-2:], frame=1)[:3].tolist())
+
+# %% [markdown]
+# ## 7. The sequence Kontext reads
+#
+# `objective.build_transformer_inputs` builds exactly what the pipeline passes to its transformer
+# (a test in `tests/test_objective.py` compares the two): text tokens first, then the noisy target
+# tokens, then the control tokens. Attention runs over all of them; the prediction is read back
+# from the target span only.
+
+# %%
+from kontext_lora_helpers import objective
+from kontext_lora_helpers.models import max_sequence_length_for
+
+prompts = objective.PromptEmbeddingCache(pipe, max_sequence_length_for(pipe))
+text = prompts.batch([item["prompts"]])
+sigma = torch.tensor([0.7])
+noisy = objective.noisy_latents(target_latents[:1], torch.randn_like(target_latents[:1]), sigma)
+inputs = objective.build_transformer_inputs(noisy, control_latents[:1], text, sigma)
+print({k: tuple(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+h, w = target_latents.shape[-2] // 2, target_latents.shape[-1] // 2
+viz.plot_token_sequence(text.prompt_embeds.shape[1], (h, w), (h, w), inputs["img_ids"]);
+
+# %% [markdown]
+# With FLUX.1-Kontext-dev at 1024x1024 the same sequence is 512 text + 4096 target + 4096 control
+# tokens: Kontext doubles the image tokens, which is why its training needs more memory than
+# FLUX.1-dev's (notebook 04 has the figures).
+#
+# ## 8. Meet the base model
+#
+# Nano's transformer was pretrained here as a small editor in exactly this layout. Given an
+# instruction it never saw, it returns its input; it follows three edits it was taught. It was
+# never taught to restore, so asking it to restore a degraded photo gives the degraded photo back.
+# Notebook 04 trains the LoRA that changes that.
+
+# %%
+from kontext_lora_helpers.models import call_kwargs
+from kontext_lora_helpers.nano.evaluate import tensor_to_pils
+
+photo = tensor_to_pils(target[:1])[0]
+degraded = tensor_to_pils(control[:1])[0]
+run = dict(num_inference_steps=20, **call_kwargs(pipe, RESOLUTION, RESOLUTION))
+outputs = [pipe(image=img, prompt=p, generator=torch.Generator().manual_seed(0), **run).images[0]
+           for img, p in [(photo, "Flip the image horizontally"), (photo, "Make it black and white"),
+                          (photo, "Make the image brighter"),
+                          (degraded, "Restore this degraded photograph to high fidelity")]]
+viz.show_images([photo, *outputs[:3], degraded, outputs[3]],
+                ["input", "flip", "black and white", "brighter", "degraded input", "'restore' → copy"]);

@@ -1,0 +1,91 @@
+"""Pipeline loading: nano offline, device/dtype choice, quantization, and one clear error per bad input."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from kontext_lora_helpers import models
+from kontext_lora_helpers.models import ModelLoadError, call_kwargs, choose_device_and_dtype, load_pipeline
+
+
+def test_nano_loads_offline_and_reports(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline("nano")
+    report = models.describe_pipeline(pipe)
+    assert report["components"]["transformer"]["dtype"] == "float32"
+    assert report["components"]["transformer"]["device"] == "cpu"
+    assert 1.0 < report["components"]["transformer"]["parameters_m"] < 5.0
+    assert report["max_sequence_length"] == 32
+    assert "transformer" in models.format_description(report)
+
+
+def test_dtype_rules(monkeypatch):
+    assert choose_device_and_dtype("cpu").dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    # a T4 reports bf16 as supported (emulated); capability decides
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_device_and_dtype("cuda").dtype == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert choose_device_and_dtype("cuda").dtype == torch.bfloat16
+    assert choose_device_and_dtype("cuda", "float32").dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        choose_device_and_dtype("cpu", "float8")
+
+
+@pytest.mark.parametrize("name", ["nanoo", "not a model", "./missing-folder"])
+def test_unknown_names(name):
+    with pytest.raises(ModelLoadError, match="Unknown model"):
+        load_pipeline(name)
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_pipeline(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_pipeline(tmp_path / "weights.bin")
+
+
+def test_nf4_on_cpu_is_refused_before_loading():
+    with pytest.raises(ModelLoadError, match="NF4.*CUDA"):
+        load_pipeline("nano", quantize="nf4", device="cpu")
+    with pytest.raises(ValueError, match="quantize"):
+        load_pipeline("nano", quantize="int4")
+
+
+def test_hub_id_offline_says_how_to_get_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to find, nothing downloaded
+    with pytest.raises(ModelLoadError, match="not on this machine"):
+        load_pipeline("black-forest-labs/FLUX.1-Kontext-dev", device="cpu")
+
+
+def test_gated_model_message(monkeypatch):
+    from diffusers import FluxKontextPipeline
+    from huggingface_hub.errors import GatedRepoError
+
+    def refuse(*args, **kwargs):
+        raise GatedRepoError("401 gated", response=SimpleNamespace(headers={}, status_code=401, request=None))
+
+    monkeypatch.setattr(FluxKontextPipeline, "from_pretrained", refuse)
+    with pytest.raises(ModelLoadError, match="huggingface-cli login"):
+        load_pipeline("black-forest-labs/FLUX.1-Kontext-dev", device="cpu")
+
+
+def test_int8_quantized_nano_runs_on_cpu():
+    pytest.importorskip("torchao")
+    pipe = load_pipeline("nano", quantize="int8")
+    weight = pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    assert "Int8" in type(weight).__name__
+    image = Image.new("RGB", (64, 64), (120, 90, 60))
+    out = pipe(image=image, prompt="Keep the image unchanged", num_inference_steps=2, **call_kwargs(pipe, 64, 64))
+    assert out.images[0].size == (64, 64)
+
+
+def test_call_kwargs_pin_the_working_size():
+    pipe = load_pipeline("nano")
+    kwargs = call_kwargs(pipe, 48, 80)
+    assert kwargs == dict(height=48, width=80, max_area=48 * 80, _auto_resize=False, max_sequence_length=32)

@@ -1,0 +1,113 @@
+"""Nano Kontext: offline loading, deterministic tokenizers, export to plain diffusers, and the
+measured figures of the shipped weights on photos no nano component trained on."""
+
+import json
+
+import pytest
+import torch
+from diffusers import FluxKontextPipeline
+
+from kontext_lora_helpers.nano import (
+    NANO_MAX_SEQUENCE_LENGTH,
+    WEIGHTS_DIR,
+    build_clip_tokenizer,
+    build_nano_pipeline,
+    build_t5_tokenizer,
+    nano_call_kwargs,
+)
+from kontext_lora_helpers.nano.__main__ import main as nano_main
+from kontext_lora_helpers.nano.evaluate import evaluate_nano, tensor_to_pils
+from kontext_lora_helpers.nano.pool import default_image_paths, held_out_batch, held_out_stems
+
+PROMPT = "Restore this degraded photograph to high fidelity — remove noise"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = build_nano_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def figures(pipe):
+    return evaluate_nano(pipe, steps=20)
+
+
+def test_tokenizers_are_deterministic_and_round_trip(tmp_path):
+    clip_a, clip_b = build_clip_tokenizer(), build_clip_tokenizer()
+    t5_a, t5_b = build_t5_tokenizer(), build_t5_tokenizer()
+    assert clip_a.get_vocab() == clip_b.get_vocab() and t5_a.get_vocab() == t5_b.get_vocab()
+    ids = t5_a(PROMPT).input_ids
+    assert ids == t5_b(PROMPT).input_ids
+    # known words are whole pieces; unknown text still tokenizes, through characters
+    assert "▁degraded" in t5_a.convert_ids_to_tokens(ids)
+    assert t5_a.unk_token_id not in t5_a("zebra").input_ids
+    t5_a.save_pretrained(tmp_path / "t5")
+    clip_a.save_pretrained(tmp_path / "clip")
+    reloaded = type(t5_a).from_pretrained(tmp_path / "t5")
+    assert reloaded(PROMPT).input_ids == ids and reloaded.model_max_length == NANO_MAX_SEQUENCE_LENGTH
+    assert type(clip_a).from_pretrained(tmp_path / "clip")(PROMPT).input_ids == clip_a(PROMPT).input_ids
+
+
+def test_shipped_weights_are_small_and_complete():
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    assert {f.name for f in files} == {"transformer.safetensors", "vae.safetensors", "text_encoder.safetensors",
+                                      "text_encoder_2.safetensors"}
+    assert sum(f.stat().st_size for f in files) < 30e6
+    factors = json.loads((WEIGHTS_DIR / "vae_latent_factors.json").read_text())
+    assert factors["scaling_factor"] > 0
+
+
+def test_nano_keeps_flux_interfaces(pipe):
+    assert pipe.transformer.config.in_channels == 64 and pipe.vae.config.latent_channels == 16
+    assert pipe.transformer.config.guidance_embeds
+    assert pipe.scheduler.config.use_dynamic_shifting
+    assert pipe.vae_scale_factor == 4
+
+
+def test_measured_latent_factors_normalise_held_out_latents(pipe):
+    from kontext_lora_helpers.latents import encode
+
+    z = encode(pipe.vae, held_out_batch(64))
+    assert abs(float(z.mean())) < 0.35 and 0.6 < float(z.std()) < 1.5
+
+
+def test_training_pool_excludes_held_out_photos():
+    stems = {p.stem for p in default_image_paths()}
+    assert stems and not stems & held_out_stems()
+
+
+def test_export_loads_in_plain_diffusers_and_matches(tmp_path, pipe):
+    folder = tmp_path / "nano"
+    assert nano_main(["export", str(folder)]) == 0
+    plain = FluxKontextPipeline.from_pretrained(folder)
+    plain.set_progress_bar_config(disable=True)
+    image = tensor_to_pils(held_out_batch(64)[:1])[0]
+    kwargs = dict(image=image, prompt=PROMPT, num_inference_steps=4, output_type="np", **nano_call_kwargs())
+    a = plain(generator=torch.Generator().manual_seed(0), **kwargs).images
+    b = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert a.shape == (1, 64, 64, 3) and abs(a - b).max() < 1e-5
+    # never overwrite a folder someone filled
+    with pytest.raises(SystemExit, match="not empty"):
+        nano_main(["export", str(folder)])
+
+
+def test_vae_round_trip_on_unseen_photos(figures):
+    assert figures["vae_round_trip_psnr"] >= 26.0
+
+
+def test_editor_returns_input_for_an_unseen_instruction(figures):
+    assert figures["identity_psnr_unseen_instruction"] >= 23.0
+
+
+@pytest.mark.parametrize("edit", ["flip", "grayscale", "brighten"])
+def test_editor_follows_trained_edits(figures, edit):
+    # the output must be clearly closer to the edited image than to the unedited input
+    assert figures[f"{edit}_psnr_vs_edited"] >= figures[f"{edit}_psnr_vs_input"] + 2.0
+    assert figures[f"{edit}_psnr_vs_edited"] >= 18.0
+
+
+def test_base_does_not_restore(figures):
+    # a base that already restored would make the LoRA's before/after comparison dishonest
+    assert figures["base_on_degraded_psnr"] <= figures["degraded_psnr"] + 0.5
