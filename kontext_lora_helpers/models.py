@@ -13,8 +13,8 @@ True but emulates it slowly, so it gets fp16. The CPU gets fp32.
 Memory options for the 12 B transformer on 16-24 GB cards:
 - ``quantize="nf4"``: 4-bit NormalFloat weights through bitsandbytes (CUDA only), ~6.7 GB instead of
   ~23.8 GB in bf16; the LoRA trains in higher precision on top (QLoRA).
-- ``quantize="int8"``: 8-bit weight-only quantization through torchao; runs on CPU too, so the code
-  path is tested here on nano.
+- ``quantize="int8"``: 8-bit weights through optimum-quanto; runs on CPU too, so the code path is
+  tested here on nano.
 - ``vae_slicing`` / ``vae_tiling``: decode a batch image by image / a large image tile by tile.
 - ``text_encoder_offload``: keep CLIP and T5 (9.5 GB in bf16) on the CPU and move each to the GPU only
   while it runs (`enable_model_cpu_offload`).
@@ -138,7 +138,7 @@ def _quantize_config(quantize: str | None, device: torch.device, compute_dtype: 
         if device.type != "cuda":
             raise ModelLoadError(
                 "NF4 quantization needs bitsandbytes on a CUDA GPU, and this run is on the CPU. Use "
-                "quantize='int8' (torchao, works on CPU) or no quantization."
+                "quantize='int8' (optimum-quanto, works on CPU) or no quantization."
             )
         try:
             import bitsandbytes  # noqa: F401
@@ -148,12 +148,13 @@ def _quantize_config(quantize: str | None, device: torch.device, compute_dtype: 
 
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     try:
-        from torchao.quantization import Int8WeightOnlyConfig
+        import optimum.quanto  # noqa: F401
     except ImportError:
-        raise ModelLoadError("int8 quantization needs torchao: pip install torchao") from None
-    from diffusers import TorchAoConfig
+        raise ModelLoadError("int8 quantization needs optimum-quanto: pip install optimum-quanto") from None
+    from diffusers import QuantoConfig
 
-    return TorchAoConfig(Int8WeightOnlyConfig())
+    with _quiet_diffusers():  # diffusers marks QuantoConfig deprecated; it is its CPU-capable backend today
+        return QuantoConfig(weights_dtype="int8")
 
 
 def load_pipeline(
@@ -172,7 +173,7 @@ def load_pipeline(
     Args:
         name_or_path: "nano", a local diffusers folder, or a hub id (e.g. FLUX.1-Kontext-dev).
         device, dtype: see `choose_device_and_dtype`.
-        quantize: None, "nf4" (CUDA + bitsandbytes) or "int8" (torchao, CPU or GPU); applied
+        quantize: None, "nf4" (CUDA + bitsandbytes) or "int8" (optimum-quanto, CPU or GPU); applied
             to the transformer only, through diffusers' quantization configs.
         vae_slicing, vae_tiling, text_encoder_offload: memory options (module docstring).
         local_files_only: never reach the hub; defaults to True when HF_HUB_OFFLINE is set.
@@ -197,7 +198,6 @@ def load_pipeline(
         if quant_config is not None:
             # Same code path as the real model: a transformer folder loaded with a quantization config.
             with tempfile.TemporaryDirectory() as folder, _quiet_diffusers():
-                # torchao says it prefers bf16; fp32 compute over int8 weights is what a CPU wants.
                 pipe.transformer.save_pretrained(folder)
                 pipe.transformer = FluxTransformer2DModel.from_pretrained(
                     folder, quantization_config=quant_config, torch_dtype=choice.dtype

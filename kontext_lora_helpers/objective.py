@@ -250,6 +250,43 @@ class StepOutput:
         return latent_ops.unpack(tokens, *self.latent_hw)
 
 
+def check_step_inputs(
+    target_latents: torch.Tensor,
+    control_latents: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    weighting_scheme: str = "none",
+) -> None:
+    """Raise a clear ValueError, before any model runs, for inputs a training step cannot use.
+
+    Checks: known weighting scheme; (B, C, h, w) latents with even sides (2x2 packing); the same B
+    for target and control; noise shaped like the target; sigmas (B,) in [0, 1]; no NaN or inf.
+    """
+    _check_choice("loss weighting scheme", weighting_scheme, WEIGHTING_SCHEMES)
+    for name, tensor in (("target latents", target_latents), ("control latents", control_latents)):
+        if tensor.ndim != 4:
+            raise ValueError(f"{name} must be (B, C, h, w); got shape {tuple(tensor.shape)}.")
+        if tensor.shape[-2] % latent_ops.PATCH or tensor.shape[-1] % latent_ops.PATCH:
+            raise ValueError(
+                f"{name} sides must be even to pack 2x2 patches; got {tensor.shape[-2]}x{tensor.shape[-1]} "
+                "(image sides must be multiples of latents.pixel_multiple(vae))."
+            )
+    if target_latents.shape[0] != control_latents.shape[0]:
+        raise ValueError(
+            f"target and control batches differ in size: {target_latents.shape[0]} vs {control_latents.shape[0]}."
+        )
+    if noise.shape != target_latents.shape:
+        raise ValueError(f"noise must have the target's shape {tuple(target_latents.shape)}; got {tuple(noise.shape)}.")
+    if sigmas.shape != (target_latents.shape[0],):
+        raise ValueError(f"sigmas must be ({target_latents.shape[0]},), one per sample; got {tuple(sigmas.shape)}.")
+    for name, tensor in (("target latents", target_latents), ("control latents", control_latents),
+                         ("noise", noise), ("sigmas", sigmas)):
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{name} contain NaN or inf; check the input images and the VAE.")
+    if (sigmas < 0).any() or (sigmas > 1).any():
+        raise ValueError(f"sigmas must lie in [0, 1]; got min {float(sigmas.min())}, max {float(sigmas.max())}.")
+
+
 def kontext_flow_matching_step(
     transformer,
     target_latents: torch.Tensor,
@@ -261,8 +298,7 @@ def kontext_flow_matching_step(
     weighting_scheme: str = "none",
 ) -> StepOutput:
     """Stages 3-7 in order: noise the target, build the Kontext sequence, predict, compare."""
-    if not (torch.isfinite(target_latents).all() and torch.isfinite(control_latents).all()):
-        raise ValueError("latents contain NaN or inf; check the input images and the VAE.")
+    check_step_inputs(target_latents, control_latents, noise, sigmas, weighting_scheme)
     noisy = noisy_latents(target_latents, noise, sigmas)
     inputs = build_transformer_inputs(noisy, control_latents, text, sigmas, guidance_scale)
     num_target_tokens = (noisy.shape[-2] // 2) * (noisy.shape[-1] // 2)

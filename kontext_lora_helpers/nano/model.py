@@ -172,7 +172,8 @@ def save_nano_weights(components: dict, weights_dir: Path | str = WEIGHTS_DIR, p
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     for name in parts or COMPONENT_FILES:
-        state = {k: v.detach().float().contiguous() for k, v in components[name].state_dict().items()}
+        # clone: T5 ties its input embedding to `shared`, and safetensors refuses shared storage
+        state = {k: v.detach().float().clone().contiguous() for k, v in components[name].state_dict().items()}
         save_file(state, str(weights_dir / COMPONENT_FILES[name]), metadata={"format": "pt"})
     vae_config = components["vae"].config
     factors = {"shift_factor": float(vae_config.shift_factor), "scaling_factor": float(vae_config.scaling_factor)}
