@@ -109,5 +109,8 @@ def test_editor_follows_trained_edits(figures, edit):
 
 
 def test_base_does_not_restore(figures):
-    # a base that already restored would make the LoRA's before/after comparison dishonest
-    assert figures["base_on_degraded_psnr"] <= figures["degraded_psnr"] + 0.5
+    # A base that already restored would make the LoRA's before/after comparison dishonest. Its
+    # output is a copy of the degraded input as the VAE represents it: the round trip through the
+    # latent space smooths some noise away by itself, and the base adds nothing beyond that.
+    assert figures["base_on_degraded_vs_its_input_psnr"] >= 23.0
+    assert figures["base_on_degraded_psnr"] <= figures["degraded_vae_round_trip_psnr"] + 0.5

@@ -33,12 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--image_dirs", type=Path, nargs="*", default=None,
                        help="photo folders to crop from (default: data_samples/ without held_out/, "
                             "plus scikit-image's bundled photos when installed)")
-    train.add_argument("--vae_steps", type=int, default=8000)
+    train.add_argument("--vae_steps", type=int, default=3000)
     train.add_argument("--vae_batch_size", type=int, default=16)
     train.add_argument("--vae_learning_rate", type=float, default=2e-3)
-    train.add_argument("--editor_steps", type=int, default=6000)
+    train.add_argument("--editor_steps", type=int, default=2500)
     train.add_argument("--editor_batch_size", type=int, default=32)
-    train.add_argument("--editor_learning_rate", type=float, default=1e-3)
+    train.add_argument("--editor_learning_rate", type=float, default=5e-4)
     train.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("info", help="describe the nano components")
