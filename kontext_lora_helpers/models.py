@@ -36,6 +36,17 @@ QUANTIZE_CHOICES = (None, "nf4", "int8")
 _REAL_MAX_SEQUENCE_LENGTH = 512
 
 
+def _dtype_argument() -> str:
+    """diffusers 0.42 renamed `from_pretrained(torch_dtype=...)` to `dtype=...`; use what is installed."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+
+
+_DTYPE_ARGUMENT = _dtype_argument()
+
+
 class ModelLoadError(RuntimeError):
     """A pipeline could not be loaded; the message says what to do."""
 
@@ -200,7 +211,7 @@ def load_pipeline(
             with tempfile.TemporaryDirectory() as folder, _quiet_diffusers():
                 pipe.transformer.save_pretrained(folder)
                 pipe.transformer = FluxTransformer2DModel.from_pretrained(
-                    folder, quantization_config=quant_config, torch_dtype=choice.dtype
+                    folder, quantization_config=quant_config, **{_DTYPE_ARGUMENT: choice.dtype}
                 )
     else:
         pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only)
@@ -241,7 +252,7 @@ def _from_pretrained(name_or_path: str, dtype, quant_config, local_files_only: b
     from diffusers import FluxKontextPipeline, FluxTransformer2DModel
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    kwargs = dict(torch_dtype=dtype, local_files_only=local_files_only)
+    kwargs = {_DTYPE_ARGUMENT: dtype, "local_files_only": local_files_only}
     try:
         if quant_config is not None:
             kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(

@@ -92,7 +92,7 @@ def show_x0_estimates(vae, target_pixels: torch.Tensor, noisy_by_sigma: dict, x0
             axes[r, c].set_yticks([])
             axes[r, c].set_title("target" if c == 0 else f"sigma = {sigmas[c - 1]:.2f}", fontsize=8)
         axes[r, 1].set_ylabel(name, fontsize=9)
-    fig.suptitle("x0_hat = x_t - sigma * v_hat: sharp at low sigma, a blurry guess at high sigma", fontsize=10)
+    fig.suptitle("x0_hat = x_t - sigma * v_hat at four noise levels", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,301 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The flow-matching loss, LoRA, and an optional VGG term
+#
+# Notebook 02 turned a pair of images into the token sequence Kontext reads. This notebook is
+# about what training does with that sequence: which target the model learns, which parameters
+# change, and what an extra perceptual loss adds.
+#
+# 1. **Rectified flow**: the straight path from a clean latent to noise, and the noise level sigma.
+# 2. **The velocity target** `v = noise - x0`, the quantity the transformer predicts.
+# 3. **Which sigmas training visits**, and why they are shifted.
+# 4. **One loss evaluation**, stage by stage, and the **clean estimate x0_hat** it implies.
+# 5. **LoRA**: `W + (alpha/r) B A` on one layer, and why the first step equals the base model.
+# 6. **L2 alone vs L2 + VGG** on one batch, and why the VGG term is gated by sigma.
+# 7. **Proof** that only the LoRA parameters receive gradients.
+#
+# Everything runs on a CPU with nano Kontext. To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
+
+# %%
+import torch
+
+from kontext_lora_helpers import lora, losses, objective, viz, viz_objective
+from kontext_lora_helpers.course import held_out_dir
+from kontext_lora_helpers.data import DegDataset
+from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, native_resolution
+
+MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
+pipe = load_pipeline(MODEL)
+RESOLUTION = native_resolution(pipe) if MODEL == "nano" else 512  # 512 px keeps a 12 B backward affordable
+BATCH = 4 if MODEL == "nano" else 1
+device, dtype = pipe.transformer.device, pipe.transformer.dtype
+
+# %% [markdown]
+# Our batch: the held-out photos (nothing in the course trains on them), each with a degraded copy
+# as the Kontext condition. `encode_pair` turns both into latents exactly as the pipeline does.
+
+# %%
+dataset = DegDataset(
+    held_out_dir(), "Restore this degraded photograph to high fidelity",
+    degradation_types="downsample,noise,blur", lr_scale=2, noise_level=0.1, blur_radius=0.5,
+    resolution=RESOLUTION, seed=0, center_crop=True, random_flip=False,
+)
+items = [dataset[i] for i in range(BATCH)]
+target_pixels = torch.stack([item["target"] for item in items])
+control_pixels = torch.stack([item["control"] for item in items])
+target_latents, control_latents = objective.encode_pair(pipe.vae, target_pixels, control_pixels)
+print("target latents", tuple(target_latents.shape), "control latents", tuple(control_latents.shape))
+viz.image_grid([list(control_pixels), list(target_pixels)], row_titles=["control", "target"]);
+
+# %% [markdown]
+# ## 1. Rectified flow: a straight line from the image to noise
+#
+# Training picks a noise level **sigma** in [0, 1] and mixes the clean target latent `x0` with
+# Gaussian noise on a straight line:
+#
+# $$x_\sigma = (1 - \sigma)\, x_0 + \sigma\, \varepsilon$$
+#
+# sigma = 0 is the photo, sigma = 1 pure noise. Decoding a few points of the path:
+
+# %%
+noise = torch.randn(target_latents.shape, generator=torch.Generator().manual_seed(0)).to(target_latents)
+viz_objective.show_flow_path(pipe.vae, target_latents, noise);
+
+# %% [markdown]
+# ## 2. The velocity target
+#
+# Along the line every latent value moves at a constant speed: its derivative with respect to sigma
+# is `v = noise - x0`, the same at every point. That **velocity** is what the transformer is trained
+# to predict from `x_sigma` (plus the text and the control image).
+
+# %%
+viz_objective.plot_straight_paths(target_latents[0], noise[0]);
+
+# %% [markdown]
+# A finite difference between two points of the path gives the velocity back exactly:
+
+# %%
+velocity = objective.velocity_target(noise, target_latents)
+x_low, x_high = (objective.noisy_latents(target_latents, noise, torch.full((BATCH,), s)) for s in (0.3, 0.7))
+print("(x_0.7 - x_0.3) / 0.4 == noise - x0:", torch.allclose((x_high - x_low) / 0.4, velocity, atol=1e-4))
+
+# %% [markdown]
+# ## 3. Which sigmas training visits
+#
+# Each sample gets its own sigma. Uniform sampling wastes steps on the easy ends; the
+# **logit-normal** density (SD3, FLUX trainers) concentrates on the middle. At inference the
+# pipeline **shifts** its sigmas toward noise, more for more tokens (`calculate_shift`: mu = 0.47
+# for nano's 64 tokens, 1.15 for 1024 px). Training with the same shift trains the sigmas that
+# inference visits; diffusers' Kontext script does not.
+
+# %%
+num_target_tokens = (target_latents.shape[-2] // 2) * (target_latents.shape[-1] // 2)
+mu = objective.calculate_shift(num_target_tokens, pipe.scheduler.config)
+def draw(scheme, shift=None):
+    return objective.sample_sigmas(20000, scheme, shift, generator=torch.Generator().manual_seed(0))
+
+
+viz_objective.plot_sigma_densities({
+    "uniform": draw("uniform"), "logit-normal": draw("logit_normal"),
+    f"logit-normal, shifted for {num_target_tokens} tokens (mu {mu:.2f})": draw("logit_normal", mu),
+    "logit-normal, shifted for 1024 px (mu 1.15)": draw("logit_normal", objective.calculate_shift(4096)),
+});
+
+# %% [markdown]
+# ## 4. One loss evaluation, stage by stage
+#
+# The prompt is encoded once per distinct string (`PromptEmbeddingCache`), sigmas are drawn with the
+# inference shift, and `build_transformer_inputs` builds what the pipeline passes to its transformer:
+# target tokens first, control tokens after, `timestep = sigma`. (The tests prove these inputs equal
+# the pipeline's own, tensor for tensor.)
+
+# %%
+prompts = objective.PromptEmbeddingCache(pipe, max_sequence_length_for(pipe))
+text = prompts.batch([item["prompts"] for item in items], device=device, dtype=dtype)
+sigmas = objective.sample_sigmas(BATCH, "logit_normal", shift=mu, generator=torch.Generator().manual_seed(1)).to(device)
+noisy = objective.noisy_latents(target_latents, noise, sigmas)
+inputs = objective.build_transformer_inputs(noisy, control_latents, text, sigmas)
+for name, value in inputs.items():
+    print(f"{name:22s}", tuple(value.shape) if torch.is_tensor(value) else value)
+
+# %% [markdown]
+# The transformer predicts a velocity for every token; only the first `num_target_tokens` (the
+# target) are kept, and the loss is the mean squared difference to `noise - x0` (per sample, so a
+# weighting by sigma could be applied):
+
+# %%
+step = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+print("sigmas         ", [round(s, 3) for s in sigmas.tolist()])
+print("loss per sample", [round(v, 4) for v in step.per_sample_loss.tolist()])
+print("batch loss     ", round(step.loss.item(), 4))
+
+# %% [markdown]
+# ### What the prediction implies: x0_hat
+#
+# A velocity and the noisy input give an estimate of the clean image, `x0_hat = x_sigma - sigma * v_hat`.
+# For a text-to-image model, at high sigma little of the photo is left in `x_sigma` and the best
+# guess is a blurry average. Kontext also reads the control image, and our base model learned to
+# copy it: watch its estimate at every sigma below. It is the *degraded control*, sharp or not,
+# never the clean target. Turning that copy into a restoration is the LoRA's whole job. Here is the
+# base model (no LoRA yet) on the first photo:
+
+# %%
+first_text = prompts.batch([items[0]["prompts"]], device, dtype)
+predict_x0 = losses.transformer_x0_predictor(pipe.transformer, control_latents[:1], first_text)
+noisy_by_sigma, x0_hat_by_sigma = {}, {}
+with torch.no_grad():
+    for s in (0.1, 0.3, 0.6, 0.9):
+        sigma = torch.tensor([s], device=device)
+        noisy_by_sigma[s] = objective.noisy_latents(target_latents[:1], noise[:1], sigma)
+        x0_hat_by_sigma[s] = predict_x0(noisy_by_sigma[s], sigma)
+viz_objective.show_x0_estimates(pipe.vae, target_pixels[:1], noisy_by_sigma, x0_hat_by_sigma);
+
+# %% [markdown]
+# ## 5. LoRA: a low-rank update on frozen weights
+#
+# `add_lora` wraps the attention and feed-forward projections of every block. Each keeps its weight
+# `W` frozen and learns `A` (r x in) and `B` (out x r):
+#
+# $$y = W x + \tfrac{\alpha}{r} B A x$$
+#
+# Only `r (in + out)` numbers per layer train. The LoRA weights stay in float32 even on a bf16 base.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+lora.add_lora(pipe.transformer, rank=16)
+print(lora.describe_parameters(pipe.transformer))
+print("adapted layers:", len(lora.default_target_modules(pipe.transformer)))
+
+# %% [markdown]
+# One layer by hand: the first double block's query projection. `B` starts at zero, so the update
+# `(alpha/r) B A x` is exactly zero: the first training step sees the base model.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+layer = pipe.transformer.transformer_blocks[0].attn.to_q
+parts = lora.lora_layer_parts(layer)
+print({k: tuple(v.shape) for k, v in parts.items() if torch.is_tensor(v)}, "scale alpha/r =", parts["scale"])
+x = torch.randn(3, parts["W"].shape[1], generator=torch.Generator().manual_seed(0)).to(parts["W"])
+with torch.no_grad():
+    update = parts["scale"] * (x @ parts["A"].T.to(x)) @ parts["B"].T.to(x)
+    by_hand = x @ parts["W"].T + parts["bias"] + update
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # bf16 on a GPU rounds to ~3 digits
+    print("layer(x) == W x + b + (alpha/r) B A x:", torch.allclose(layer(x), by_hand, atol=tolerance))
+    print("max |update| at the start:", update.abs().max().item())
+    with_lora = objective.kontext_flow_matching_step(
+        pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+print("whole model: prediction with LoRA == without:",
+      torch.equal(with_lora.predicted_velocity, step.predicted_velocity))
+
+# %%
+viz_objective.show_lora_matrices(parts);
+
+# %% [markdown]
+# ## 6. L2 alone vs L2 + a VGG perceptual term
+#
+# The seed adds an optional perceptual loss: decode `x0_hat` with the frozen VAE and compare VGG16
+# features with the clean photo. On this CPU we use **random** VGG features (no download); the
+# notice says how to get the ImageNet ones on a GPU machine.
+
+# %%
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the random-features warning; the notice below says it plainly
+    vgg = losses.VGGPerceptualLoss(resize=False, weights=None).to(device)
+print(losses.vgg_weights_notice(vgg))
+
+# %% [markdown]
+# Both terms on the same batch, and how hard each pulls on the LoRA (the norm of the gradient it
+# sends). The perceptual term is gated: each sample is weighted by `1 - sigma`.
+
+# %%
+step = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+perceptual = losses.perceptual_term(vgg, pipe.vae, step.x0_hat_latents(), target_pixels, sigmas, gate="linear")
+pipe.transformer.zero_grad(set_to_none=True)
+step.loss.backward(retain_graph=True)
+l2_pull = lora.lora_gradient_norm(pipe.transformer)
+pipe.transformer.zero_grad(set_to_none=True)
+perceptual.backward()
+print(f"L2 (flow matching) {step.loss.item():.4f}   gradient norm on LoRA {l2_pull:.4f}")
+vgg_pull = lora.lora_gradient_norm(pipe.transformer)
+print(f"VGG, linear gate   {perceptual.item():.4f}   gradient norm on LoRA {vgg_pull:.4f}")
+
+# %% [markdown]
+# **Why gate by sigma?** The same noise, the same photos, only sigma changes. For an estimate that
+# has only `x_sigma` to go on (the best *linear* denoiser, a Wiener filter), the perceptual loss of
+# `x0_hat` grows steeply with sigma: that blur is error no model can remove, and an ungated term
+# would be dominated by it. The nano base stays nearly flat because it copies the control image at
+# every sigma: its error is the degradation itself. Right: the gates, and the scale they leave on
+# the velocity's gradient (`d x0_hat / d v_hat = -sigma`).
+
+# %%
+grid = [i / 5 for i in range(6)]  # sigma = 0, 0.2, ..., 1
+def measure(predict_x0):
+    return losses.perceptual_loss_by_sigma(vgg, pipe.vae, target_pixels, target_latents, noise, grid, predict_x0)
+
+
+curves = {
+    "nano transformer": measure(losses.transformer_x0_predictor(pipe.transformer, control_latents, text)),
+    "best linear estimate (Wiener)": measure(lambda noisy, s: losses.spectral_wiener_x0(noisy, s, target_latents)),
+}
+viz_objective.plot_perceptual_by_sigma(grid, curves, gates=("linear", "threshold"));
+
+# %% [markdown]
+# ## 7. Only the LoRA learns
+#
+# One backward pass of L2 + VGG, then a census of which parameter tensors hold a gradient. The base
+# transformer, the VAE and VGG are frozen: gradients flow *through* them into the LoRA only.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pipe.transformer.zero_grad(set_to_none=True)
+step = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+total = step.loss + 0.1 * losses.perceptual_term(vgg, pipe.vae, step.x0_hat_latents(), target_pixels, sigmas)
+total.backward()
+print(lora.gradient_census(pipe.transformer))
+print("VAE parameters with a gradient:", sum(p.grad is not None for p in pipe.vae.parameters()))
+print("VGG parameters with a gradient:", sum(p.grad is not None for p in vgg.parameters()))
+
+# %% [markdown]
+# One optimizer step on the flow-matching loss, LoRA parameters alone, and `B` is no longer zero:
+# from here on the adapter changes what the model predicts, and the loss on this batch goes down.
+
+# %%
+optimizer = torch.optim.AdamW(lora.lora_parameters(pipe.transformer), lr=1e-4)
+optimizer.zero_grad(set_to_none=True)
+objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise).loss.backward()
+optimizer.step()
+with torch.no_grad():
+    after = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+print("max |B| after one step:", round(parts["B"].abs().max().item(), 6))
+print("loss before / after:", round(step.loss.item(), 4), "/", round(after.loss.item(), 4))
+
+# %% [markdown]
+# ## Summary
+#
+# - Training noises the target latent on a straight line, `x = (1 - sigma) x0 + sigma noise`, and
+#   regresses the velocity `noise - x0` on the target tokens only; sigmas are drawn logit-normal and
+#   shifted like the pipeline's.
+# - `x0_hat = x - sigma v_hat` links the velocity to an image; with Kontext's control image the base
+#   model's `x0_hat` is a copy of the control at every sigma, and the LoRA must move it to the target.
+# - LoRA trains `A` and `B` of every block projection; `B = 0` makes the first step the base model.
+#   Rank 16 is 11% of tiny nano, but 65 M of FLUX.1-Kontext-dev's 11.9 B parameters (0.55%).
+# - A VGG term compares decoded `x0_hat` with the photo; gate it by sigma (`1 - sigma` or a
+#   threshold) so it acts where `x0_hat` can be sharp. Use ImageNet VGG weights for real training.
+#
+# Next, **04_training** runs these steps in a loop with an optimizer, validation and checkpoints.
