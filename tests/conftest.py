@@ -19,3 +19,16 @@ DATA_SAMPLES = REPO_ROOT / "data_samples"
 def data_samples() -> Path:
     """The shipped training photos (``data_samples/``, held-out ones in ``held_out/``)."""
     return DATA_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Nano-sized ops run fastest on one thread, and far faster than with threads fighting a busy CPU.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; restores the count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,13 +12,7 @@ from kontext_lora_helpers.nano import build_nano_pipeline
 RANK = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Nano-sized ops run fastest on one thread, and far faster than with threads fighting a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fresh_transformer():

@@ -24,13 +24,7 @@ SIDE = 64
 GUIDANCE = 3.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Nano-sized ops run fastest on one thread, and far faster than with threads fighting a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
