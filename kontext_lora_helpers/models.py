@@ -115,7 +115,7 @@ def call_kwargs(pipe, height: int, width: int) -> dict:
                 max_sequence_length=max_sequence_length_for(pipe))
 
 
-def _validate_source(name_or_path: str) -> str:
+def model_source(name_or_path: str) -> str:
     """'nano', 'local' or 'hub', or a ModelLoadError that says what would work."""
     if is_nano(name_or_path):
         return "nano"
@@ -196,7 +196,7 @@ def load_pipeline(
     """
     from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
-    source = _validate_source(name_or_path)
+    source = model_source(name_or_path)
     choice = choose_device_and_dtype(device, dtype)
     quant_config = _quantize_config(quantize, choice.device, choice.dtype)
     if local_files_only is None:

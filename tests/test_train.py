@@ -1,0 +1,462 @@
+"""The training run on nano: outputs, prompt caching, checkpoints, resume after a kill, refusals, DDP.
+
+Every run here is a few optimizer steps at 64x64 with batch 2 and rank 4; the checks are about the
+mechanics (files, equality of runs, messages), never about how well nano restores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kontext_lora_helpers import models, objective
+from kontext_lora_helpers import train as train_module
+from kontext_lora_helpers.degradations import DegradationConfig
+from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
+from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
+from kontext_lora_helpers.train import (
+    ConfigError,
+    TrainConfig,
+    TrainingDiverged,
+    check_config,
+    latest_checkpoint,
+    list_checkpoints,
+    parse_args,
+    train,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA = REPO_ROOT / "data_samples"
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Nano-sized ops run fastest on one thread; the subprocesses get OMP_NUM_THREADS=1 to match,
+    so in-process and subprocess runs compute bit-for-bit the same numbers."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def quick_config(output_dir, **changes) -> TrainConfig:
+    """A run of a few seconds: 4 steps of batch 2 at 64 px, rank 4, no validation unless asked."""
+    settings = dict(
+        hr_root=str(DATA), output_dir=str(output_dir), resolution=64, train_batch_size=2, rank=4,
+        max_train_steps=4, checkpointing_steps=2, validation_dir="none", validation_steps=0,
+        num_validation_images=2, validation_inference_steps=3, mixed_precision="no",
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def lora_tensors(output_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(output_dir) / LORA_WEIGHT_NAME))
+
+
+# Adam divides each gradient element by its running RMS, so an element whose gradient is close to
+# zero turns float rounding (a different summation order) into a visible, bounded change: at most
+# about one learning rate per step. Runs that split the same batch differently are compared within
+# 5% of one step's size; a resumed run repeats the very same operations and must match to 1e-6.
+SPLIT_WORK_TOLERANCE = 0.05 * TrainConfig().learning_rate
+
+
+def assert_same_lora(first_dir, second_dir, atol=1e-6):
+    first, second = lora_tensors(first_dir), lora_tensors(second_dir)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=atol, msg=key)
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg"}
+
+
+def cli_flags(config: TrainConfig) -> list[str]:
+    """The command-line flags of a `quick_config` (the settings it changes from the defaults)."""
+    return [
+        "--hr_root", config.hr_root, "--output_dir", config.output_dir, "--resolution", str(config.resolution),
+        "--train_batch_size", str(config.train_batch_size), "--rank", str(config.rank),
+        "--max_train_steps", str(config.max_train_steps), "--checkpointing_steps", str(config.checkpointing_steps),
+        "--validation_dir", config.validation_dir, "--validation_steps", str(config.validation_steps),
+        "--num_validation_images", str(config.num_validation_images),
+        "--validation_inference_steps", str(config.validation_inference_steps),
+        "--gradient_accumulation_steps", str(config.gradient_accumulation_steps),
+    ]
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_the_seeds_command_parses_with_its_meanings(tmp_path):
+    config = parse_args([
+        "--pretrained_model_name_or_path=nano", f"--hr_root={DATA}", f"--output_dir={tmp_path}",
+        "--instance_prompt=Restore this degraded photograph to high fidelity", "--resolution=512",
+        "--train_batch_size=4", "--gradient_accumulation_steps=4", "--max_train_steps=3000",
+        "--learning_rate=1e-4", "--lr_scheduler=constant", "--lr_warmup_steps=0",
+        "--degradation_types=downsample,noise,blur", "--noise_level=0.03", "--blur_radius=1.2",
+        "--perceptual_loss",
+    ])
+    assert (config.resolution, config.train_batch_size, config.gradient_accumulation_steps) == (512, 4, 4)
+    assert (config.max_train_steps, config.learning_rate, config.lr_scheduler) == (3000, 1e-4, "constant")
+    assert config.perceptual_loss and config.instance_prompt == DEFAULT_INSTANCE_PROMPT
+    assert config.degradation.degradation_types == ("downsample", "noise", "blur")
+    assert (config.degradation.noise_level, config.degradation.blur_radius) == (0.03, 1.2)
+    assert config.degradation.lr_scale == 8  # the seed's default when the flag is absent
+
+
+def test_defaults_fill_in_for_nano_and_the_config_round_trips_through_json(tmp_path):
+    config = parse_args([f"--hr_root={DATA}", f"--output_dir={tmp_path}", "--preset=old_photo", "--sigma_shift=0.8"])
+    resolved = check_config(config)
+    assert resolved.resolution == 64 and resolved.mixed_precision == "no" and resolved.sigma_shift == 0.8
+    assert resolved.degradation == DegradationConfig().__class__.from_dict(resolved.degradation.to_dict())
+    path = resolved.save_json(tmp_path / "config.json")
+    assert TrainConfig.load_json(path) == resolved
+    with pytest.raises(ValueError, match="unknown training setting"):
+        TrainConfig.from_dict({**resolved.to_dict(), "learning_rat": 1})
+
+
+REFUSALS = [
+    (dict(hr_root=None), "--hr_root is required"),
+    (dict(hr_root="/no/such/photos"), "does not exist"),
+    (dict(hr_root="EMPTY"), "nothing to train on"),
+    (dict(resolution=72), "multiple of 16"),
+    (dict(sigma_shift="sometimes"), "--sigma_shift"),
+    (dict(pretrained_model_name_or_path="not/a/real/model/path"), "Unknown model"),
+]
+if not HAS_CUDA:
+    REFUSALS += [
+        (dict(mixed_precision="fp16"), "fp16 needs a CUDA GPU"),
+        (dict(quantize="nf4"), "nf4 needs bitsandbytes on a CUDA GPU"),
+        (dict(use_8bit_adam=True), "8bit_adam needs bitsandbytes on a CUDA GPU"),
+    ]
+
+
+@pytest.mark.parametrize("changes, message", REFUSALS, ids=[m for _, m in REFUSALS])
+def test_impossible_settings_are_refused_before_any_model_loads(tmp_path, monkeypatch, changes, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded although the settings should have been refused")
+
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    if changes.get("hr_root") == "EMPTY":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+        changes = {**changes, "hr_root": str(tmp_path / "empty")}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(quick_config(tmp_path / "out", **changes))
+
+
+def test_the_command_prints_a_refusal_and_exits_with_1(tmp_path, capsys):
+    assert train_module.main(["--hr_root", str(tmp_path / "missing"), "--output_dir", str(tmp_path)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_another_runs_checkpoints_are_refused_unless_resuming(tmp_path):
+    other = quick_config(tmp_path, learning_rate=5e-4)
+    (tmp_path / "checkpoint-2").mkdir()
+    state = {"global_step": 2, "config": check_config(other).to_dict()}
+    (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        check_config(quick_config(tmp_path))
+    check_config(quick_config(tmp_path, resume_from_checkpoint="latest"))  # resuming is allowed
+    check_config(quick_config(tmp_path, learning_rate=5e-4, checkpointing_steps=7))  # bookkeeping may differ
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        check_config(quick_config(tmp_path, resume_from_checkpoint="checkpoint-9"))
+
+
+# --- one short run with validation, shared by several tests ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """4 steps, checkpoints at 2 and 4, validation (2 held-out images, 3 denoising steps) at 0, 2, 4;
+    encode_prompt calls are counted."""
+    from diffusers import FluxKontextPipeline
+
+    output_dir = tmp_path_factory.mktemp("short_run")
+    encoded: list[str] = []
+    original = FluxKontextPipeline.encode_prompt
+
+    def counting_encode_prompt(self, prompt, *args, **kwargs):
+        if prompt is not None:
+            encoded.extend([prompt] if isinstance(prompt, str) else list(prompt))
+        return original(self, prompt, *args, **kwargs)
+
+    steps, validations = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FluxKontextPipeline, "encode_prompt", counting_encode_prompt)
+        result = train(
+            quick_config(output_dir, validation_dir=None, validation_steps=2),
+            on_step=steps.append, on_validation=validations.append, progress_bar=False,
+        )
+    return dict(result=result, output_dir=output_dir, encoded=encoded, steps=steps, validations=validations)
+
+
+def test_a_run_writes_every_output(short_run):
+    output_dir, result = short_run["output_dir"], short_run["result"]
+    assert result["status"] == "completed" and result["global_step"] == 4
+    for name in (LORA_WEIGHT_NAME, "training_config.json", "loss_curve.png", "metrics.json"):
+        assert (output_dir / name).is_file(), name
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (output_dir / "validation").iterdir()) == [
+        "step-000000.png", "step-000002.png", "step-000004.png"]
+    assert [s["step"] for s in short_run["steps"]] == [1, 2, 3, 4] and result["steps"] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in short_run["steps"])
+    assert [v["step"] for v in short_run["validations"]] == [0, 2, 4]
+
+
+def test_the_saved_config_is_the_resolved_one_and_round_trips(short_run):
+    saved = TrainConfig.load_json(short_run["output_dir"] / "training_config.json")
+    assert saved == check_config(quick_config(short_run["output_dir"], validation_dir=None, validation_steps=2))
+    assert saved.resolution == 64 and saved.sigma_shift == "auto"
+
+
+def test_the_lora_loads_with_diffusers_load_lora_weights(short_run):
+    pipe = models.load_pipeline("nano")
+    pipe.load_lora_weights(str(short_run["output_dir"]))
+    loaded = {name: p for name, p in pipe.transformer.named_parameters() if "lora_" in name}
+    saved = lora_tensors(short_run["output_dir"])
+    assert len(loaded) == len(saved) > 0
+    some_key = next(k for k in saved if "lora_B" in k)
+    module_name = some_key.removeprefix("transformer.").replace(".weight", "")
+    loaded_b = next(p for n, p in loaded.items() if n.startswith(module_name))
+    torch.testing.assert_close(loaded_b.detach().float(), saved[some_key])
+    assert saved[some_key].abs().sum() > 0  # B moved away from zero: the LoRA trained
+
+
+def test_metrics_json_has_lora_base_and_degraded_numbers_on_the_same_images(short_run):
+    report = json.loads((short_run["output_dir"] / "metrics.json").read_text())
+    assert report["step"] == 4 and report["num_images"] == 2 and len(report["images"]) == 2
+    for entry in ("lora", "base", "degraded"):
+        assert set(report[entry]) >= {"psnr", "ssim"}, entry
+        assert len(report[entry]["psnr_per_image"]) == 2
+        assert 0 < report[entry]["psnr"] < 100 and -1 <= report[entry]["ssim"] <= 1
+    assert report["lora_gain_over_base_db"] == pytest.approx(report["lora"]["psnr"] - report["base"]["psnr"])
+    assert [h["step"] for h in report["history"]] == [0, 2, 4]
+    assert report["num_inference_steps"] == 3 and report["resolution"] == 64
+
+
+def test_one_fixed_prompt_is_encoded_exactly_once(short_run):
+    assert short_run["encoded"] == [DEFAULT_INSTANCE_PROMPT]
+
+
+def test_held_out_photos_are_never_trained_on(tmp_path):
+    from kontext_lora_helpers.course import held_out_dir
+
+    config = check_config(quick_config(tmp_path))
+    excluded = train_module._training_excludes(config)
+    assert held_out_dir().resolve() in [p.resolve() for p in excluded]
+
+
+def test_precision_memory_and_objective_options_run_on_the_cpu(tmp_path):
+    """bf16 autocast over a bf16 base, an int8 (optimum-quanto) transformer, gradient checkpointing,
+    the perceptual term (random VGG: no download), a warm-up + cosine schedule, other sigma
+    densities and weightings, numeric prompts, and pruning to the newest checkpoint."""
+    pytest.importorskip("optimum.quanto")
+    config = quick_config(
+        tmp_path, mixed_precision="bf16", quantize="int8", gradient_checkpointing=True,
+        perceptual_loss=True, vgg_weights="random", perceptual_gate="threshold",
+        lr_scheduler="cosine", lr_warmup_steps=1, sigma_sampling="mode", weighting_scheme="cosmap",
+        sigma_shift="none", prompt_mode="numeric", max_train_steps=3, checkpointing_steps=1,
+        checkpoints_total_limit=1,
+    )
+    with pytest.warns(UserWarning, match="random VGG features"):
+        result = train(config, progress_bar=False)
+    assert result["status"] == "completed" and all(map(math.isfinite, result["losses"]))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]
+    assert all(t.dtype == torch.float32 for t in lora_tensors(tmp_path).values())  # fp32 LoRA over bf16
+
+
+# --- prompts that describe the damage ------------------------------------------------------------
+
+
+def test_described_prompts_are_encoded_once_each_and_stay_with_their_samples(tmp_path, monkeypatch):
+    from diffusers import FluxKontextPipeline
+
+    encoded: list[str] = []
+    original_encode = FluxKontextPipeline.encode_prompt
+
+    def counting_encode_prompt(self, prompt, *args, **kwargs):
+        if prompt is not None:
+            encoded.extend([prompt] if isinstance(prompt, str) else list(prompt))
+        return original_encode(self, prompt, *args, **kwargs)
+
+    used: list[tuple[list[str], torch.Tensor]] = []
+    original_batch = objective.PromptEmbeddingCache.batch
+
+    def recording_batch(self, prompts, device=None, dtype=None):
+        embeddings = original_batch(self, prompts, device=device, dtype=dtype)
+        used.append((list(prompts), embeddings.prompt_embeds.detach().clone()))
+        return embeddings
+
+    monkeypatch.setattr(FluxKontextPipeline, "encode_prompt", counting_encode_prompt)
+    monkeypatch.setattr(objective.PromptEmbeddingCache, "batch", recording_batch)
+    varied = DegradationConfig(degradation_types="noise,blur,jpeg",
+                               degradation_probabilities={"noise": 0.5, "blur": 0.5, "jpeg": 0.5})
+    train(quick_config(tmp_path, prompt_mode="described", degradation=varied, train_batch_size=4,
+                       max_train_steps=3, checkpointing_steps=0), progress_bar=False)
+
+    prompts_used = {prompt for prompts, _ in used for prompt in prompts}
+    assert len(prompts_used) > 1, "the degradations should have produced several prompts"
+    assert len(encoded) == len(set(encoded)), "a prompt was encoded twice"
+    assert prompts_used <= set(encoded)
+
+    reference = models.load_pipeline("nano")
+    expected = {}
+    for prompt in prompts_used:
+        expected[prompt] = reference.encode_prompt(prompt=[prompt], prompt_2=None, max_sequence_length=32)[0][0]
+    for prompts, embeddings in used:
+        for prompt, row in zip(prompts, embeddings):
+            torch.testing.assert_close(row, expected[prompt], msg=f"wrong embedding for {prompt!r}")
+
+
+# --- failures --------------------------------------------------------------------------------------
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    original = objective.kontext_flow_matching_step
+    calls = {"count": 0}
+
+    def poisoned_step(*args, **kwargs):
+        output = original(*args, **kwargs)
+        calls["count"] += 1
+        if calls["count"] == 3:
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(objective, "kontext_flow_matching_step", poisoned_step)
+    with pytest.raises(TrainingDiverged, match=r"at step 3 .*checkpoint-2"):
+        train(quick_config(tmp_path, max_train_steps=5), progress_bar=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert not (tmp_path / LORA_WEIGHT_NAME).exists()
+
+
+def test_a_crash_during_a_save_leaves_no_complete_looking_checkpoint(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith("scheduler.pt"):
+            raise OSError("disk full (simulated)")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(quick_config(tmp_path, max_train_steps=2), progress_bar=False)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-"))
+    assert folders == ["checkpoint-2.tmp"]
+    assert not (tmp_path / "checkpoint-2.tmp" / "training_state.json").exists()
+    assert latest_checkpoint(tmp_path) is None
+    # The next run clears the half-written folder and saves properly.
+    train(quick_config(tmp_path, max_train_steps=2, resume_from_checkpoint="latest"), progress_bar=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert (tmp_path / "checkpoint-2" / "training_state.json").is_file()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resuming_finishes_the_run(tmp_path):
+    def press_ctrl_c_at_step_3(event):
+        if event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(quick_config(tmp_path, max_train_steps=6), on_step=press_ctrl_c_at_step_3, progress_bar=False)
+    assert result["status"] == "interrupted" and result["global_step"] == 3
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+    assert not (tmp_path / LORA_WEIGHT_NAME).exists()
+    finished = train(quick_config(tmp_path, max_train_steps=6, resume_from_checkpoint="latest"), progress_bar=False)
+    assert finished["status"] == "completed" and finished["steps"] == [1, 2, 3, 4, 5, 6]
+
+
+# --- equal results from differently split work ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_of_two_run(tmp_path_factory):
+    """The reference: one process, batch 2, no accumulation, 3 steps."""
+    output_dir = tmp_path_factory.mktemp("batch_of_two")
+    train(quick_config(output_dir, max_train_steps=3, checkpointing_steps=0), progress_bar=False)
+    return output_dir
+
+
+def test_gradient_accumulation_gives_the_same_lora_as_a_larger_batch(batch_of_two_run, tmp_path):
+    train(quick_config(tmp_path, train_batch_size=1, gradient_accumulation_steps=2, max_train_steps=3,
+                       checkpointing_steps=0), progress_bar=False)
+    assert_same_lora(batch_of_two_run, tmp_path, atol=SPLIT_WORK_TOLERANCE)
+
+
+SLOW_TRAINING = """
+import sys, time
+from kontext_lora_helpers import objective, train
+original = objective.kontext_flow_matching_step
+def slow_step(*args, **kwargs):
+    time.sleep(0.4)  # leaves time to kill the process between two checkpoints
+    return original(*args, **kwargs)
+objective.kontext_flow_matching_step = slow_step
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_resuming_after_a_kill_gives_the_same_lora_as_an_uninterrupted_run(tmp_path):
+    steps = 6
+    killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
+    killed = quick_config(killed_dir, max_train_steps=steps)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TRAINING, *cli_flags(killed)], cwd=REPO_ROOT, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while latest_checkpoint(killed_dir) is None and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, f"the run ended before it could be killed:\n{process.stdout.read().decode()}"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed_dir / LORA_WEIGHT_NAME).exists()
+    for folder in killed_dir.glob("checkpoint-*"):  # whatever the kill interrupted, nothing half-done looks done
+        assert folder.name.endswith(".tmp") or (folder / "training_state.json").is_file()
+    assert latest_checkpoint(killed_dir).name in {f"checkpoint-{n}" for n in (2, 4)}
+
+    resumed = train(killed.replace(resume_from_checkpoint="latest"), progress_bar=False)
+    assert resumed["status"] == "completed" and resumed["steps"] == list(range(1, steps + 1))
+    train(quick_config(whole_dir, max_train_steps=steps), progress_bar=False)
+    assert_same_lora(killed_dir, whole_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_with_batch_1_match_one_process_with_batch_2(batch_of_two_run, tmp_path):
+    """DDP over gloo on the CPU. accelerate 1.x starts several CPU processes through its multi-GPU
+    launcher with ACCELERATE_USE_CPU set (its `--cpu` flag alone runs one process)."""
+    config = quick_config(tmp_path, train_batch_size=1, max_train_steps=3, checkpointing_steps=0)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "-m", "kontext_lora_helpers.train", *cli_flags(config),
+    ]
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "LoRA saved" in finished.stdout
+    assert_same_lora(batch_of_two_run, tmp_path, atol=SPLIT_WORK_TOLERANCE)
