@@ -919,17 +919,6 @@ def _fresh_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def _make_optimizer(parameters, config: TrainConfig):
-    if config.use_8bit_adam:
-        import bitsandbytes as bnb
-
-        optimizer_class = bnb.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    return optimizer_class(parameters, lr=config.learning_rate, betas=(0.9, 0.999),
-                           weight_decay=config.adam_weight_decay, eps=1e-8)
-
-
 @dataclass
 class TrainingProgress:
     """Where a run stands; saved in every checkpoint and restored on resume.
