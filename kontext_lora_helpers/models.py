@@ -194,7 +194,7 @@ def load_pipeline(
         ModelLoadError: unknown name, not a pipeline folder, missing credentials for a gated model,
             weights not available offline, NF4 requested without CUDA.
     """
-    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     source = model_source(name_or_path)
     choice = choose_device_and_dtype(device, dtype)

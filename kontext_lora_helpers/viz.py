@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import tensor_to_pil
+
 
 def to_pil(image) -> Image.Image:
     """A PIL RGB image from a PIL image, a (3, H, W) / (1, 3, H, W) tensor in [-1, 1], or an
@@ -18,11 +20,7 @@ def to_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
-        tensor = image.detach().float().cpu()
-        if tensor.ndim == 4:
-            tensor = tensor[0]
-        array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        return Image.fromarray(array)
+        return tensor_to_pil(image[0] if image.ndim == 4 else image)
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 
