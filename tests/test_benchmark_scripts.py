@@ -1,0 +1,126 @@
+"""The training-step benchmarks run, and what they report is sound.
+
+pytest does not collect ``tests/benchmarks`` (``norecursedirs``), so the scripts are imported from
+there and their ``main`` is called with short settings: the nano comparison with 2 timed steps, the
+GPU benchmark with ``--tiny`` (the same code on the CPU). The FLOP formulas the GPU benchmark's
+utilisation rests on are checked against PyTorch's own FLOP counter on a small config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    """The benchmark modules, imported from tests/benchmarks (they import each other by name)."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_gpu_training
+        import bench_training_step
+
+        yield {"step": bench_training_step, "gpu": bench_gpu_training}
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def test_nano_step_benchmark_times_both_and_they_compute_the_same_loss(benchmarks, tmp_path, capsys):
+    json_path = tmp_path / "step.json"
+    benchmarks["step"].main(["--steps", "2", "--warmup", "1", "--json", str(json_path)])
+    report = json.loads(json_path.read_text())
+
+    for name in ("project", "diffusers_reference"):
+        result = report["results"][name]
+        assert len(result["ms_per_step_all"]) == 2
+        assert 0 < result["ms_per_step_median"] < 60_000
+        assert all(math.isfinite(loss) for loss in result["losses"])
+    assert report["ratio_project_over_reference"] > 0 and report["ratio_paired_median"] > 0
+    check = report["loss_check"]
+    assert check["latents_max_abs_diff"] == 0.0  # same VAE encode, same images
+    assert check["loss_rel_diff"] < 1e-5, check
+    assert check["lora_grad_rel_diff"] < 1e-4, check
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch"] == torch.__version__
+    assert report["peak_rss_mb"] > 0
+    printed = capsys.readouterr().out
+    assert "| ratio project / reference (medians) |" in printed and "same inputs" in printed
+
+
+def test_gpu_benchmark_tiny_runs_every_arrangement_on_the_cpu(benchmarks, tmp_path):
+    gpu = benchmarks["gpu"]
+    gpu.main(["--tiny", "--output", str(tmp_path)])
+    report = json.loads((tmp_path / gpu.JSON_NAME).read_text())
+    table = (tmp_path / gpu.MARKDOWN_NAME).read_text()
+
+    rows = {(row["resolution"], row["arrangement"], row["base"]): row for row in report["rows"]}
+    assert len(rows) == len(report["rows"]) == 6
+    for resolution in (64, 128):
+        tokens = (resolution // 16) ** 2
+        for arrangement in ("project", "diffusers_reference"):
+            row = rows[(resolution, arrangement, "fp32")]
+            assert row["status"] == "ok", row["status"]
+            assert row["tokens"] == {"target": tokens, "control": tokens, "text": 16, "total": 2 * tokens + 16}
+            assert len(row["seconds"]) == 2 and all(0 < s < 60 for s in row["seconds"])
+            assert math.isfinite(row["seconds_per_step"]) and row["seconds_per_step"] > 0
+            assert row["losses_finite"]
+            assert 0 < row["mfu"] < row["hfu"] and row["peak_memory_gib"] is None
+        nf4 = rows[(resolution, "project", "nf4")]
+        assert nf4["status"].startswith("skipped") and "CUDA" in nf4["status"]
+        assert f"| {resolution} | {tokens} + {tokens} + 16 = {2 * tokens + 16} | project | nf4 | skipped" in table
+    assert table.count("| diffusers reference | fp32 |") == 2
+    assert report["matmul_peak"]["flops_per_second"] > 0
+
+
+@pytest.mark.parametrize("double_blocks, single_blocks", [(2, 3), (0, 2)])
+def test_flop_formulas_match_torch_flop_counter(benchmarks, double_blocks, single_blocks):
+    """Forward, forward + backward of a LoRA step, and the same with gradient checkpointing."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kontext_lora_helpers import lora as lora_ops
+
+    gpu = benchmarks["gpu"]
+    config = dict(gpu.TINY_TRANSFORMER_CONFIG, num_layers=double_blocks, num_single_layers=single_blocks)
+    transformer = gpu.build_random(gpu.FluxTransformer2DModel, config, torch.device("cpu"), torch.float32)
+    rank, image_tokens, text_tokens = 4, 32, 8
+    lora_ops.add_lora(transformer, rank=rank)
+    transformer.train()
+    inputs = dict(
+        hidden_states=torch.randn(1, image_tokens, 64),
+        encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"]),
+        pooled_projections=torch.randn(1, config["pooled_projection_dim"]),
+        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(image_tokens, 3), txt_ids=torch.zeros(text_tokens, 3), return_dict=False,
+    )
+    expected = gpu.transformer_flops(config, image_tokens, text_tokens, rank)
+
+    def counted(backward: bool) -> int:
+        # The math backend spells attention out as matmuls, which the counter sees on the CPU.
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            prediction = transformer(**inputs)[0]
+            if backward:
+                prediction.pow(2).mean().backward()
+        transformer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    assert counted(backward=False) == expected["forward"]
+    assert counted(backward=True) == expected["model"]
+    transformer.enable_gradient_checkpointing()
+    assert counted(backward=True) == expected["hardware"]
+
+
+def test_full_size_flops_are_in_the_expected_range(benchmarks):
+    """FLUX.1 at 1024 px: ~1.7e14 forward FLOPs (11.9 B parameters, 8704 tokens, double blocks
+    counted per stream), so the table's utilisation is not off by an order of magnitude."""
+    gpu = benchmarks["gpu"]
+    flops = gpu.transformer_flops(gpu.FLUX1_DEV_TRANSFORMER_CONFIG, 2 * 4096, 512, 16)
+    assert 1.5e14 < flops["forward"] < 1.8e14
+    assert flops["forward"] < flops["model"] < flops["three_x_forward"] < flops["hardware"]
