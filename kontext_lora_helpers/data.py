@@ -97,6 +97,20 @@ def check_resolution(resolution: int) -> int:
     return int(resolution)
 
 
+def check_crop_scale(crop_scale: Any) -> tuple[float, float]:
+    """``crop_scale`` as ``(low, high)``: the fraction of a photo's short side one training square
+    covers, drawn log-uniformly per item. ``1`` (the seed's behaviour) resizes the short side to the
+    resolution and crops; ``(0.25, 1)`` also shows close-ups of a quarter of the short side."""
+    if isinstance(crop_scale, str):
+        crop_scale = [float(part) for part in crop_scale.split(",")]
+    if isinstance(crop_scale, (int, float)):
+        crop_scale = (crop_scale, crop_scale)
+    crop_scale = tuple(float(value) for value in crop_scale)
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale must be a fraction in (0, 1] or a range 'low,high' inside it; got {crop_scale!r}")
+    return crop_scale
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image (W x H) -> ``torch.float32`` tensor (3, H, W) in [-1, 1] (0 -> -1, 255 -> 1)."""
     pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.float32)
@@ -138,8 +152,10 @@ def _short_side_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
 class _PairDatasetBase(Dataset):
     """What both datasets share: size policy, epochs, per-item generators and the item format."""
 
-    def __init__(self, resolution: int, repeats: int, seed: int, random_flip: bool, center_crop: bool):
+    def __init__(self, resolution: int, repeats: int, seed: int, random_flip: bool, center_crop: bool,
+                 crop_scale: Any = 1.0):
         self.resolution = check_resolution(resolution)
+        self.crop_scale = check_crop_scale(crop_scale)
         if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
             raise ValueError(f"repeats must be a whole number >= 1; got {repeats!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -179,7 +195,16 @@ class _PairDatasetBase(Dataset):
     # -- size policy ---------------------------------------------------------------------------
 
     def _geometry(self, size: tuple[int, int], rng: np.random.Generator) -> _Geometry:
-        resized = _short_side_size(size, self.resolution)
+        low, high = self.crop_scale
+        if not self.center_crop and low < 1:
+            # A window of `fraction` x the short side becomes the R x R item: resize the photo so
+            # the window is R pixels wide. Never below R pixels of the original (no enlarging).
+            short = min(size)
+            fraction = low if low == high else float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            window = max(float(self.resolution), fraction * short)
+            resized = _short_side_size(size, max(self.resolution, round(short * self.resolution / window)))
+        else:
+            resized = _short_side_size(size, self.resolution)
         spare_x, spare_y = resized[0] - self.resolution, resized[1] - self.resolution
         if self.center_crop:
             left, top = spare_x // 2, spare_y // 2
@@ -257,6 +282,9 @@ class DegDataset(_PairDatasetBase):
         exclude: files or folders under ``hr_data_root`` to leave out (e.g. held-out photos).
         random_flip: mirror half of the items left-right. ``center_crop``: crop the centre
             instead of a random square.
+        crop_scale: fraction of the short side a square covers, or a ``(low, high)`` range drawn
+            per item (random-resized crops: more distinct training images from few photos); 1 is
+            the seed's whole-short-side square. Ignored with ``center_crop``.
         **degradation_options: any other :class:`DegradationConfig` field, e.g.
             ``gray_noise_prob=0.4`` or ``fade_strength=(0.2, 0.6)``.
 
@@ -288,9 +316,10 @@ class DegDataset(_PairDatasetBase):
         exclude: Iterable[str | os.PathLike] = (),
         random_flip: bool = True,
         center_crop: bool = False,
+        crop_scale: Any = 1.0,
         **degradation_options: Any,
     ):
-        super().__init__(resolution, repeats, seed, random_flip, center_crop)
+        super().__init__(resolution, repeats, seed, random_flip, center_crop, crop_scale)
         known_fields = {item.name for item in fields(DegradationConfig)}
         unknown = sorted(set(degradation_options) - known_fields)
         if unknown:
@@ -408,7 +437,7 @@ class PairedDataset(_PairDatasetBase):
     Args:
         degraded_root, clean_root: the two folders (searched recursively).
         instance_prompt: the text prompt of every item.
-        resolution, repeats, seed, random_flip, center_crop, exclude: as for :class:`DegDataset`.
+        resolution, repeats, seed, random_flip, center_crop, crop_scale, exclude: as for :class:`DegDataset`.
     """
 
     def __init__(
@@ -423,8 +452,9 @@ class PairedDataset(_PairDatasetBase):
         exclude: Iterable[str | os.PathLike] = (),
         random_flip: bool = True,
         center_crop: bool = False,
+        crop_scale: Any = 1.0,
     ):
-        super().__init__(resolution, repeats, seed, random_flip, center_crop)
+        super().__init__(resolution, repeats, seed, random_flip, center_crop, crop_scale)
         self.degraded_root = Path(degraded_root)
         self.clean_root = Path(clean_root)
         self.instance_prompt = instance_prompt

@@ -90,7 +90,7 @@ from . import degradations as degradation_ops
 from . import latents as latent_ops
 from . import lora as lora_ops
 from . import metrics, objective
-from .data import check_resolution
+from .data import check_crop_scale, check_resolution
 from .degradations import DegradationConfig
 from .prompts import DEFAULT_INSTANCE_PROMPT, PROMPT_MODES
 
@@ -106,6 +106,7 @@ __all__ = [
     "build_validation_set",
     "cache_prompt_embeddings",
     "check_config",
+    "command_line",
     "comparison_grid",
     "latest_checkpoint",
     "list_checkpoints",
@@ -190,6 +191,7 @@ class TrainConfig:
     instance_prompt: str = DEFAULT_INSTANCE_PROMPT
     resolution: int | None = None
     repeats: int = 1
+    crop_scale: tuple[float, float] = (1.0, 1.0)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     prompt_mode: str = "plain"
     dataloader_num_workers: int = 0
@@ -234,6 +236,7 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.degradation, dict):
             self.degradation = DegradationConfig.from_dict(self.degradation)
+        self.crop_scale = check_crop_scale(self.crop_scale)
         if self.quantize is None:
             self.quantize = "none"
         for name in ("hr_root", "output_dir", "validation_dir", "resume_from_checkpoint"):
@@ -304,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resolution", type=int, default=None,
                    help="square crop side in pixels, a multiple of 16 (default: 64 for nano, 512 otherwise)")
     g.add_argument("--repeats", type=_positive_int, default=d.repeats, help="times each photo appears per epoch")
+    g.add_argument("--crop_scale", default=",".join(f"{v:g}" for v in d.crop_scale),
+                   help="fraction of a photo's short side one training square covers, or a range 'low,high' "
+                        "drawn per item (random-resized crops); 1 is the seed's whole-short-side square")
     g.add_argument("--prompt_mode", choices=PROMPT_MODES, default=d.prompt_mode,
                    help="plain: the instance prompt; described/numeric: it also names the damage done")
     g.add_argument("--dataloader_num_workers", type=_non_negative_int, default=d.dataloader_num_workers)
@@ -368,7 +374,40 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     except ValueError as error:
         parser.error(str(error))
     names = {item.name for item in dataclasses.fields(TrainConfig)} - {"degradation"}
-    return TrainConfig(degradation=degradation, **{name: getattr(args, name) for name in names})
+    try:
+        return TrainConfig(degradation=degradation, **{name: getattr(args, name) for name in names})
+    except ValueError as error:
+        parser.error(str(error))
+
+
+_SWITCHES = ("perceptual_loss", "gradient_checkpointing", "use_8bit_adam")
+"""Settings that are on/off flags on the command line (``--perceptual_loss``, not ``--perceptual_loss True``)."""
+
+
+def command_line(config: TrainConfig, launcher: str = "python -m") -> str:
+    """The shell command that runs `config`: the model, data and output flags always, every other
+    setting only where it differs from the default, and the degradation flags (the seed's five
+    always). ``parse_args(shlex.split(command)[3:])`` gives `config` back.
+
+    Args:
+        launcher: "python -m" or "accelerate launch -m" (for GPUs and several processes).
+    """
+    import shlex
+
+    defaults = TrainConfig()
+    words = [*shlex.split(launcher), "kontext_lora_helpers.train"]
+    for item in dataclasses.fields(TrainConfig):
+        name, value = item.name, getattr(config, item.name)
+        always = name in ("pretrained_model_name_or_path", "hr_root", "output_dir")
+        if name == "degradation" or value is None or (not always and value == getattr(defaults, name)):
+            continue
+        if name in _SWITCHES:
+            words += [f"--{name}"] if value else []
+        elif isinstance(value, tuple):
+            words += [f"--{name}", ",".join(f"{v:g}" for v in value)]
+        else:
+            words += [f"--{name}", os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+    return shlex.join(words + config.degradation.to_cli_flags())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -833,40 +872,11 @@ def comparison_grid(columns: dict[str, list], scale: int = 1):
 
 
 def save_loss_curve(steps, losses, path, validation_history=None) -> Path:
-    """Write the loss per step (and its moving average) as a PNG; validation PSNR on a second axis.
+    """Write the loss per step (and its moving average) as a PNG; validation PSNR on a second axis
+    (`viz_training.loss_curve_figure`, which needs no display)."""
+    from .viz_training import loss_curve_figure
 
-    matplotlib is imported here, with the Agg canvas, so training never needs a display.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axis = figure.add_subplot(1, 1, 1)
-    steps, losses = list(steps), list(losses)
-    axis.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
-    if len(losses) >= 5:
-        window = max(5, len(losses) // 20)
-        kernel = np.ones(window) / window
-        smooth = np.convolve(np.asarray(losses, dtype=float), kernel, mode="valid")
-        axis.plot(steps[window - 1:], smooth, color="tab:blue", linewidth=2, label=f"mean of {window}")
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("flow-matching loss")
-    if losses and min(losses) > 0:
-        axis.set_yscale("log")
-    axis.grid(alpha=0.3)
-    handles, labels = axis.get_legend_handles_labels()
-    legend_axis = axis
-    if validation_history:
-        twin = axis.twinx()  # drawn over the loss axis, so the one legend goes on it
-        twin.plot([h["step"] for h in validation_history], [h["psnr"] for h in validation_history],
-                  "o-", color="tab:orange", label="validation PSNR")
-        twin.set_ylabel("validation PSNR (dB)", color="tab:orange")
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels, legend_axis = handles + more_handles, labels + more_labels, twin
-    legend_axis.legend(handles, labels, loc="best", fontsize=8, framealpha=0.9)
-    figure.tight_layout()
-    figure.savefig(path)
+    loss_curve_figure(steps, losses, validation_history).savefig(path)
     return Path(path)
 
 
@@ -1154,7 +1164,7 @@ def train(
     dataset = DegDataset(
         config.hr_root, config.instance_prompt, config=config.degradation, resolution=config.resolution,
         repeats=config.repeats, seed=config.seed, prompt_mode=config.prompt_mode,
-        exclude=_training_excludes(config),
+        exclude=_training_excludes(config), crop_scale=config.crop_scale,
     )
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, sampler=EpochShuffleSampler(len(dataset), config.seed),

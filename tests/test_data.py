@@ -507,3 +507,24 @@ def test_paired_sizes_that_differ_are_resized_to_stay_aligned(tmp_path):
     item = dataset[0]
     assert item["control"].shape == item["target"].shape == (3, 64, 64)
     assert (item["control"] - item["target"]).abs().mean() < 0.05
+
+
+def test_crop_scale_sets_the_window_and_never_enlarges(data_samples):
+    import numpy as np
+
+    from kontext_lora_helpers.data import check_crop_scale
+
+    def resized(crop_scale, size=(512, 384), seed=0):
+        dataset = DegDataset(data_samples, "p", resolution=64, crop_scale=crop_scale, exclude=[data_samples / "held_out"])
+        return dataset._geometry(size, np.random.default_rng(seed)).resized
+
+    assert resized(1.0) == (85, 64)  # the seed's behaviour: short side -> resolution
+    assert resized((0.5, 0.5)) == (171, 128)  # a window of half the short side (192 px) becomes 64 px
+    assert resized((0.05, 0.05)) == (512, 384)  # a 19 px window would be enlarged: 64 px of the original instead
+    short_sides = {min(resized((0.25, 1.0), seed=seed)) for seed in range(50)}
+    assert min(short_sides) >= 64 and max(short_sides) <= 256 and len(short_sides) > 20  # drawn per item
+    assert check_crop_scale("0.25,1") == (0.25, 1.0)
+    with pytest.raises(ValueError, match="crop_scale"):
+        check_crop_scale((0.5, 0.2))
+    item = DegDataset(data_samples, "p", resolution=64, crop_scale=(0.25, 1.0))[0]
+    assert item["target"].shape == item["control"].shape == (3, 64, 64)

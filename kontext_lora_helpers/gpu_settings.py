@@ -1,0 +1,175 @@
+"""Training settings for FLUX.1-Kontext-dev on the GPUs people have: Colab's T4 and L4, and an A100.
+
+Each entry says which `TrainConfig` settings fit the card and how much memory to expect, and marks
+every figure with where it comes from:
+
+* **computed**: parameter count x bytes per parameter (weights only; exact up to quantization
+  block overhead). FLUX.1 Kontext's transformer has 11.9 B parameters, T5-XXL's encoder 4.76 B,
+  CLIP-L's text model 0.12 B, the VAE 0.08 B.
+* **reported**: a peak that others measured for a comparable run (see `SOURCES`); Kontext trains
+  on target + control tokens, so a 512x512 Kontext step has about as many image tokens (2 x 1024)
+  as a 512x768 text-to-image FLUX step (1536) plus the 512 text tokens.
+* **estimate**: our extrapolation from the two above; treat it as a starting point and read the
+  real peak from ``torch.cuda.max_memory_allocated()`` (the GPU benchmark in ``tests/benchmarks/``
+  measures it for the full-size architecture).
+
+What makes a card fit:
+
+* ``quantize="nf4"`` stores the frozen transformer in 4 bits (about 0.53 bytes a parameter with
+  its block scales): 23.8 GB of bf16 weights become about 6.6 GB. The LoRA stays float32.
+* Cached prompt embeddings: the training loop encodes each distinct prompt once and then frees the
+  text encoders, so T5-XXL (9.5 GB in bf16) is never resident during the steps.
+* ``gradient_checkpointing=True`` keeps one activation per block instead of every intermediate.
+* ``use_8bit_adam=True`` halves and quarters the optimizer state; it is small for a LoRA either way.
+* The T4 (compute capability 7.5) has no native bf16: it computes in fp16 (`models.choose_device_and_dtype`
+  decides by compute capability, because ``torch.cuda.is_bf16_supported()`` says True on a T4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["GPU_SETTINGS", "SOURCES", "GpuSettings", "detect_gpu", "settings_for_gpu", "settings_table", "weight_memory_gb"]
+
+PARAMETERS = {
+    "transformer": 11.9e9,
+    "t5_xxl_encoder": 4.76e9,
+    "clip_l_text": 0.123e9,
+    "vae": 0.084e9,
+}
+"""Parameter counts of FLUX.1-Kontext-dev's components."""
+
+BYTES_PER_PARAMETER = {"bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.53}
+"""Storage per parameter; nf4 includes bitsandbytes' blockwise scales (double-quantized)."""
+
+SOURCES = {
+    "qlora-4090": "FLUX.1-dev QLoRA (NF4 base, 8-bit AdamW, checkpointing, cached latents and embeddings, "
+                  "rank 4, 512x768): about 9 GB peak on an RTX 4090, about 3.5 s/step; about 4 h for the "
+                  "same run on a Colab T4 (Hugging Face blog, 'Fine-tuning FLUX.1-dev on consumer hardware').",
+    "kontext-1024": "Kontext LoRA at 1024 px (4096 + 4096 + 512 tokens): about 24 GB with an int8 base; about "
+                    "40 GB unquantized with gradient checkpointing; 'may OOM at 1024 with 24 GB' "
+                    "(community trainers' issue threads; ai-toolkit's 24 GB example trains at 512-768 px).",
+}
+
+
+def weight_memory_gb(component: str, precision: str) -> float:
+    """Memory for one component's weights in GB (1e9 bytes): parameters x bytes per parameter."""
+    return PARAMETERS[component] * BYTES_PER_PARAMETER[precision] / 1e9
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """One GPU's recommended settings and the memory to expect.
+
+    Attributes:
+        name: short name ("T4", "L4", "A100-40GB").
+        memory_gb: the card's memory.
+        compute_capability: (major, minor); bf16 is native from 8.0.
+        settings: `TrainConfig` fields for FLUX.1-Kontext-dev on this card.
+        transformer_weights_gb: computed from `PARAMETERS` and the quantization.
+        expected_peak_gb: (low, high) estimate of the training peak.
+        basis: how `expected_peak_gb` was obtained, naming a `SOURCES` key.
+    """
+
+    name: str
+    memory_gb: int
+    compute_capability: tuple[int, int]
+    settings: dict = field(default_factory=dict)
+    expected_peak_gb: tuple[float, float] = (0.0, 0.0)
+    basis: str = ""
+
+    @property
+    def native_bf16(self) -> bool:
+        return self.compute_capability[0] >= 8
+
+    @property
+    def transformer_weights_gb(self) -> float:
+        precision = self.settings.get("quantize", "none")
+        if precision == "none":
+            precision = self.settings.get("mixed_precision", "bf16")
+        return weight_memory_gb("transformer", precision)
+
+
+_COMMON = dict(
+    pretrained_model_name_or_path="black-forest-labs/FLUX.1-Kontext-dev",
+    train_batch_size=1,
+    gradient_accumulation_steps=4,
+    learning_rate=1e-4,
+    gradient_checkpointing=True,
+    rank=16,
+    max_train_steps=1000,
+    checkpointing_steps=250,
+    validation_steps=250,
+)
+
+GPU_SETTINGS: dict[str, GpuSettings] = {
+    "T4": GpuSettings(
+        "T4", 16, (7, 5),
+        dict(_COMMON, resolution=512, mixed_precision="fp16", quantize="nf4", use_8bit_adam=True),
+        expected_peak_gb=(9.0, 12.0),
+        basis="estimate from 'qlora-4090' (same NF4 + 8-bit Adam + checkpointing recipe, a similar token "
+              "count at 512 px); the weights are 6.3 GB (computed). Expect hours: about 4 h per 1000 steps "
+              "was reported for the text-to-image run on a T4.",
+    ),
+    "L4": GpuSettings(
+        "L4", 24, (8, 9),
+        dict(_COMMON, resolution=512, mixed_precision="bf16", quantize="nf4", use_8bit_adam=True),
+        expected_peak_gb=(9.0, 12.0),
+        basis="estimate from 'qlora-4090' at 512 px; 768 px fits with the same settings, 1024 px is at the "
+              "limit ('kontext-1024': about 24 GB even with an int8 base).",
+    ),
+    "A100-40GB": GpuSettings(
+        "A100-40GB", 40, (8, 0),
+        dict(_COMMON, resolution=512, mixed_precision="bf16", quantize="none"),
+        expected_peak_gb=(27.0, 32.0),
+        basis="computed 23.8 GB of bf16 transformer weights plus activations with checkpointing; "
+              "'kontext-1024' reports about 40 GB unquantized at 1024 px, so stay at 512-768 px or use "
+              "quantize='int8' for 1024 px.",
+    ),
+}
+
+
+def settings_for_gpu(name: str, **overrides):
+    """A `train.TrainConfig` with `GPU_SETTINGS[name]`'s settings and `overrides` on top.
+
+    Example: ``settings_for_gpu("T4", hr_root="my_photos", output_dir="outputs/t4-run")``.
+    """
+    from .train import TrainConfig
+
+    try:
+        entry = GPU_SETTINGS[name]
+    except KeyError:
+        raise ValueError(f"no settings for GPU {name!r}; known: {', '.join(GPU_SETTINGS)}") from None
+    return TrainConfig(**{**entry.settings, **overrides})
+
+
+def detect_gpu() -> str | None:
+    """The `GPU_SETTINGS` key for the visible CUDA GPU (by its name), or None (no GPU, or another card)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0).upper()
+    if "T4" in name:
+        return "T4"
+    if "L4" in name:
+        return "L4"
+    if "A100" in name:
+        return "A100-40GB"
+    return None
+
+
+def settings_table() -> str:
+    """The settings and memory figures of every GPU as a markdown table."""
+    lines = [
+        "| GPU | memory | precision | base | resolution | batch x accumulation | transformer weights (computed) | expected peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in GPU_SETTINGS.values():
+        s = entry.settings
+        lines.append(
+            f"| {entry.name} | {entry.memory_gb} GB | {s['mixed_precision']} | {s['quantize']} | {s['resolution']} px "
+            f"| {s['train_batch_size']} x {s['gradient_accumulation_steps']} | {entry.transformer_weights_gb:.1f} GB "
+            f"| {entry.expected_peak_gb[0]:.0f}-{entry.expected_peak_gb[1]:.0f} GB |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The per-GPU training settings for the real model (notebook 04's table)."""
+
+import shlex
+
+import pytest
+import torch
+
+from kontext_lora_helpers import gpu_settings
+from kontext_lora_helpers.models import choose_device_and_dtype
+from kontext_lora_helpers.train import command_line, parse_args
+
+
+def test_weight_memory_is_parameters_times_bytes():
+    # 11.9 B parameters: 23.8 GB in bf16, about 6.3 GB in NF4 with its block scales
+    assert gpu_settings.weight_memory_gb("transformer", "bf16") == pytest.approx(23.8)
+    assert gpu_settings.weight_memory_gb("transformer", "nf4") == pytest.approx(6.3, abs=0.05)
+
+
+@pytest.mark.parametrize("name", list(gpu_settings.GPU_SETTINGS))
+def test_each_gpu_setting_fits_its_card_and_is_a_valid_command(name):
+    entry = gpu_settings.GPU_SETTINGS[name]
+    assert entry.expected_peak_gb[1] < entry.memory_gb, "the expected peak must leave headroom"
+    assert entry.transformer_weights_gb < entry.expected_peak_gb[0]
+    assert entry.settings["resolution"] % 16 == 0
+    assert entry.settings["gradient_checkpointing"]
+    # bf16 only where the card computes it natively (the same rule the model loader applies)
+    assert (entry.settings["mixed_precision"] == "bf16") == entry.native_bf16
+    config = gpu_settings.settings_for_gpu(name, hr_root="my_photos", output_dir="outputs/run")
+    assert parse_args(shlex.split(command_line(config, "accelerate launch -m"))[4:]) == config
+    assert any(key in entry.basis for key in gpu_settings.SOURCES) or "computed" in entry.basis
+
+
+def test_t4_gets_fp16_like_the_loader_decides(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert gpu_settings.detect_gpu() == "T4"
+    assert choose_device_and_dtype("cuda").dtype == torch.float16
+    assert gpu_settings.settings_for_gpu("T4").mixed_precision == "fp16"
+
+
+def test_unknown_gpu_names_the_known_ones():
+    with pytest.raises(ValueError, match="T4, L4, A100-40GB"):
+        gpu_settings.settings_for_gpu("V100")
+
+
+def test_settings_table_has_a_row_per_gpu():
+    table = gpu_settings.settings_table()
+    assert table.count("\n") == len(gpu_settings.GPU_SETTINGS) + 1
+    assert "| T4 | 16 GB | fp16 | nf4 | 512 px | 1 x 4 | 6.3 GB | 9-12 GB |" in table
