@@ -106,6 +106,7 @@ __all__ = [
     "build_validation_set",
     "cache_prompt_embeddings",
     "check_config",
+    "check_distributed_type",
     "command_line",
     "comparison_grid",
     "latest_checkpoint",
@@ -413,6 +414,19 @@ def command_line(config: TrainConfig, launcher: str = "python -m") -> str:
 # ---------------------------------------------------------------------------------------------
 # Checking settings before anything heavy happens
 # ---------------------------------------------------------------------------------------------
+
+
+def check_distributed_type(distributed_type) -> None:
+    """Refuse launchers that shard the model (FSDP, DeepSpeed): the checkpoints here hold one
+    unsharded LoRA and optimizer state, which is what plain data parallelism (DDP) has."""
+    name = str(getattr(distributed_type, "value", distributed_type)).upper()
+    if name in ("FSDP", "DEEPSPEED"):
+        raise ConfigError(
+            f"this trainer runs data-parallel (DDP) only, and accelerate is configured for {name}. "
+            "A LoRA's trainable part is small and every GPU can hold the (quantized) base: launch with "
+            "`accelerate launch --multi_gpu --num_processes N -m kontext_lora_helpers.train ...` "
+            "(or answer 'no' to FSDP/DeepSpeed in `accelerate config`)."
+        )
 
 
 def _will_run_on_cpu() -> bool:
@@ -1154,6 +1168,7 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     is_main = accelerator.is_main_process
+    check_distributed_type(accelerator.distributed_type)
 
     def say(message: str) -> None:
         if is_main:

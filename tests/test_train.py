@@ -460,3 +460,15 @@ def test_two_processes_with_batch_1_match_one_process_with_batch_2(batch_of_two_
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert "LoRA saved" in finished.stdout
     assert_same_lora(batch_of_two_run, tmp_path, atol=SPLIT_WORK_TOLERANCE)
+
+
+def test_sharding_launchers_are_refused_with_the_ddp_command():
+    from accelerate.utils import DistributedType
+
+    from kontext_lora_helpers.train import ConfigError, check_distributed_type
+
+    for allowed in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        check_distributed_type(allowed)
+    for refused in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match="--multi_gpu --num_processes N"):
+            check_distributed_type(refused)
