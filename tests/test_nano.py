@@ -116,3 +116,25 @@ def test_base_does_not_restore(figures):
     # latent space smooths some noise away by itself, and the base adds nothing beyond that.
     assert figures["base_on_degraded_vs_its_input_psnr"] >= 23.0
     assert figures["base_on_degraded_psnr"] <= figures["degraded_vae_round_trip_psnr"] + 0.5
+
+
+def test_check_lora_runs_the_seed_snippet_in_plain_diffusers(tmp_path, pipe):
+    """The quality check's plumbing: a zero LoRA restores exactly like the base, a nonzero one does not."""
+    from kontext_lora_helpers import lora as lora_ops
+    from kontext_lora_helpers.nano.evaluate import check_restoration_lora
+
+    pipe.save_pretrained(tmp_path / "nano", safe_serialization=True)
+    transformer = FluxKontextPipeline.from_pretrained(tmp_path / "nano").transformer
+    lora_ops.add_lora(transformer, rank=2)
+    lora_ops.save_lora(transformer, tmp_path / "zero")
+    zero = check_restoration_lora(tmp_path / "zero", pipeline_dir=tmp_path / "nano")
+    assert zero["num_images"] == 16 and zero["num_inference_steps"] == 28
+    assert zero["lora_psnr"] == pytest.approx(zero["base_psnr"], abs=1e-6)
+    assert zero["degraded_psnr"] < zero["base_psnr"]  # the VAE alone smooths some of the noise
+    with torch.no_grad():
+        for name, parameter in transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    lora_ops.save_lora(transformer, tmp_path / "random")
+    random = check_restoration_lora(tmp_path / "random", pipeline_dir=tmp_path / "nano")
+    assert abs(random["lora_psnr"] - random["base_psnr"]) > 0.05

@@ -3,6 +3,7 @@
     export DIR             write nano as a standard diffusers folder (FluxKontextPipeline.from_pretrained(DIR))
     train vae|editor|all   rebuild the shipped weights on CPU (resumable; see the README for CPU times)
     info                   parameter counts and the files the weights come from
+    check-lora DIR         the quality check of a restoration LoRA trained on nano, in plain diffusers
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("info", help="describe the nano components")
+
+    check = sub.add_parser("check-lora", help="restore held-out crops with and without a trained LoRA (plain diffusers)")
+    check.add_argument("lora_dir", type=Path, help="the training command's --output_dir")
+    check.add_argument("--seed_flags", action="store_true",
+                       help="degrade with the seed's flags (x8 down, noise 0.03, blur 1.2) instead of the course's")
     return parser
 
 
@@ -51,7 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "check-lora":
+        return _check_lora(args)
     return _info()
+
+
+def _check_lora(args) -> int:
+    from .evaluate import RESTORATION_BAR, SEED_BAR, check_restoration_lora
+
+    if not (args.lora_dir / "pytorch_lora_weights.safetensors").is_file():
+        sys.exit(f"error: {args.lora_dir} holds no pytorch_lora_weights.safetensors; pass a training --output_dir.")
+    result = check_restoration_lora(args.lora_dir, SEED_BAR if args.seed_flags else RESTORATION_BAR)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _export(args) -> int:
