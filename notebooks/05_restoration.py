@@ -1,0 +1,422 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/kontext-lora/kontext-lora-course/blob/main/notebooks/05_restoration.ipynb)
+#
+# # 05 · Restoring photographs and measuring the result
+#
+# Notebook 04 trained a restoration LoRA. This notebook uses it the way you would on your own
+# photos, with the same functions as the `restore` and `evaluate` commands, and measures what it
+# does:
+#
+# 1. **Degraded inputs**: the held-out photos, degraded with the training recipe, at the size the
+#    model works at and at a size of their own.
+# 2. **Base model versus base + LoRA**, same seed, side by side and zoomed; images of any size come
+#    back at their own size, whole or tile by tile.
+# 3. **A before/after slider** to compare a restoration with its input.
+# 4. **The numbers**: restored images written to folders and scored against the clean photos
+#    (PSNR, SSIM) with `evaluate_folders`.
+# 5. **How strong should the LoRA be?** A `lora_scale` sweep against PSNR.
+# 6. **The real model**: FLUX.1-Kontext-dev with the LoRA in diffusers, the `restore` command,
+#    and the LoRA exported for ComfyUI.
+#
+# On a CPU everything runs with nano Kontext in a minute or two. To restore with
+# FLUX.1-Kontext-dev on a GPU, change `MODEL`.
+
+# %%
+# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
+# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+if importlib.util.find_spec("kontext_lora_helpers") is None:
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
+    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
+    os.chdir("/content/kontext-lora-course/notebooks")
+
+# %%
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from kontext_lora_helpers import export, gpu_settings, restore, viz
+from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.degradations import DegradationConfig, apply_degradation
+from kontext_lora_helpers.evaluate import evaluate_folders, format_table
+from kontext_lora_helpers.images import list_images, load_rgb
+from kontext_lora_helpers.latents import pixel_multiple
+from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
+from kontext_lora_helpers.metrics import psnr
+from kontext_lora_helpers.models import load_pipeline, native_resolution
+from kontext_lora_helpers.train import TrainConfig, train
+from kontext_lora_helpers.viz_degradations import prepare_photo
+from kontext_lora_helpers.viz_restoration import (
+    BeforeAfter,
+    lora_scale_sweep,
+    plot_scale_sweep,
+    save_pngs,
+    vae_ceiling_psnr,
+    wipe,
+)
+
+MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
+LORA_DIR = Path("outputs/04-restoration-lora")  # where notebook 04 saves the LoRA
+OUTPUT_DIR = Path("outputs/05-restoration")
+SEED = 0  # every restoration below starts from the same noise, so only the model differs
+if MODEL == "nano":
+    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
+# 72 dpi keeps the stored notebook small; raise it for sharper figures on a high-density screen.
+matplotlib.rcParams["figure.dpi"] = 72
+
+# %% [markdown]
+# ## The LoRA from notebook 04
+#
+# The degradation is the one the LoRA was trained on: x2 downsampling, noise 0.1 and blur 0.5
+# (notebook 01's `downsample,noise,blur`). If notebook 04 has not run here, its LoRA file is
+# missing, and the next cell trains it with exactly notebook 04's settings into the same folder,
+# so this notebook also works on its own (on a CPU that takes a few minutes; an interrupted run of
+# notebook 04 is continued from its last checkpoint rather than started over). When the file is
+# there, nothing is trained.
+
+# %%
+DEGRADATION = DegradationConfig(
+    degradation_types=["downsample", "noise", "blur"], lr_scale=2, noise_level=0.1, blur_radius=0.5,
+)
+if not (LORA_DIR / LORA_WEIGHT_NAME).is_file():
+    if MODEL == "nano":
+        config = TrainConfig(pretrained_model_name_or_path=MODEL, hr_root=str(data_samples()),
+                             output_dir=str(LORA_DIR), degradation=DEGRADATION)
+    else:
+        gpu = gpu_settings.detect_gpu() or "A100-40GB"
+        config = gpu_settings.settings_for_gpu(gpu, pretrained_model_name_or_path=MODEL, hr_root=str(data_samples()),
+                                               output_dir=str(LORA_DIR), degradation=DEGRADATION)
+    print(f"{LORA_DIR} holds no LoRA yet: training it with notebook 04's settings")
+    train(config.replace(resume_from_checkpoint="latest"), progress_bar=False)
+print(f"LoRA: {LORA_DIR / LORA_WEIGHT_NAME} ({(LORA_DIR / LORA_WEIGHT_NAME).stat().st_size / 1024:.0f} KB)")
+
+pipe = load_pipeline(MODEL)
+NATIVE, MULTIPLE = native_resolution(pipe), pixel_multiple(pipe.vae)
+RESOLUTION = NATIVE if MODEL == "nano" else 512  # the size the LoRA was trained at (notebook 04)
+print(f"{MODEL}: native size {NATIVE} px, image sides in multiples of {MULTIPLE} px")
+
+# %% [markdown]
+# ## 1. Degraded inputs
+#
+# The held-out photos (nothing in the course trains on them), degraded with the training recipe
+# by a fixed seed per photo, in two versions:
+#
+# * **at the training size**: centre squares of 64 px, the size nano works at and the LoRA
+#   learnt at, as training crops them. Sections 4 and 5 score these.
+# * **at a size of their own**: 250 x 187 pixel windows cut from the photos without resizing,
+#   the kind of odd size a real photo has. The degradation's parameters are in pixels, so the
+#   same recipe is applied at this scale.
+
+# %%
+photos = list_images(held_out_dir())
+names = [path.name for path in photos]
+
+
+def centre_window(image, width, height):
+    """A width x height window from the middle of the photo, at the photo's own resolution."""
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+clean = [prepare_photo(load_rgb(path), RESOLUTION) for path in photos]
+degraded = [apply_degradation(image, DEGRADATION, seed=index)[0] for index, image in enumerate(clean)]
+clean_own = [centre_window(load_rgb(path), 250, 187) for path in photos]
+degraded_own = [apply_degradation(image, DEGRADATION, seed=index)[0] for index, image in enumerate(clean_own)]
+viz.image_grid([degraded, clean], row_titles=["degraded", "clean"], col_titles=names, scale=1.3);
+
+# %% [markdown]
+# ## 2. Base model versus base + LoRA
+#
+# `restore.restore_images` runs the pipeline on a list of images (images of one size share a
+# call) and returns each at its input's size. First the base model; then the LoRA is loaded with
+# `restore.load_loras`, which checks the file against the model before diffusers loads it, and
+# the same images are restored again with the same seed. Every restoration uses the pipeline's
+# default 28 denoising steps: nano takes about a second for the four 64 px photos.
+
+# %%
+base_restored = restore.restore_images(pipe, degraded, seed=SEED)
+
+loras = restore.load_loras(pipe, [LORA_DIR])  # one LoRA at its trained strength (scale 1.0)
+lora_restored = restore.restore_images(pipe, degraded, seed=SEED)
+lora_own = restore.restore_images(pipe, degraded_own, seed=SEED)
+print(f"loaded {loras[0]['layers']} LoRA layers of rank {loras[0]['ranks']} as adapter {loras[0]['adapter_name']!r}")
+
+# %% [markdown]
+# One row per photo, then one photo enlarged with a zoomed crop (the yellow box) and its PSNR
+# against the clean photo (higher is closer); section 4 measures all of them.
+
+# %%
+viz.image_grid([[d, b, r, c] for d, b, r, c in zip(degraded, base_restored, lora_restored, clean)],
+               row_titles=names, col_titles=["degraded", "base model", "base + LoRA", "clean"], scale=1.3);
+
+# %%
+index = 2  # coffee.jpg: fine edges on the cup and the saucer
+columns = {"degraded": degraded[index], "base model": base_restored[index],
+           "base + LoRA": lora_restored[index], "clean": clean[index]}
+viz.show_images(list(columns.values()), zoom_box=(8, 16, 40, 48), scale=2.4,
+                titles=[f"{label}\n{psnr(image, clean[index]):.2f} dB" if label != "clean" else label
+                        for label, image in columns.items()]);
+
+# %% [markdown]
+# **Any size in, the same size out.** A 250 x 187 photo is not what the model works at. Whole
+# (the default), `restore` resizes it to a *working size* with the model's area (64 x 64 for nano,
+# about 1024 x 1024 for FLUX) and the photo's aspect ratio, in sides that are multiples of 8 px
+# (nano) or 16 px (FLUX), runs the pipeline there, and resizes the result back:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for image, restored in zip(degraded_own[:1] + degraded[:1], lora_own[:1] + lora_restored[:1]):
+    run_size = restore.working_size(*image.size, NATIVE, MULTIPLE)
+    print(f"input {image.width}x{image.height} -> pipeline at {run_size[0]}x{run_size[1]} "
+          f"-> restored {restored.width}x{restored.height}")
+
+# %% [markdown]
+# On nano, squeezing 250 x 187 pixels through a 72 x 56 working size throws most of the detail
+# away, whatever the model does. `tile=True` keeps the photo's own resolution instead: the image is
+# cut into overlapping tiles of the native size (for nano 5 x 4 tiles of 64 px, overlapping by a
+# quarter tile), each tile is restored, and neighbouring tiles are blended with weights that fade
+# towards their edges, so no seam shows. It costs a denoising run per tile (20 tiles here,
+# restored 8 per pipeline call: several seconds on a CPU, against a fraction of a second whole).
+#
+# Note what the nano LoRA saw in training: whole photos shrunk to 64 px. A tile is a small window
+# of the photo at full resolution, content at another scale than any training example; a LoRA for
+# tiled use would be trained on crops of that scale (`TrainConfig.crop_scale`).
+
+# %%
+lora_tiled = restore.restore_image(pipe, degraded_own[index], seed=SEED, tile=True, batch_size=8)
+layout = restore.plan_tiles(*degraded_own[index].size, NATIVE, MULTIPLE)
+run_size = restore.working_size(*degraded_own[index].size, NATIVE, MULTIPLE)
+columns = {"degraded": degraded_own[index], f"whole ({run_size[0]}x{run_size[1]})": lora_own[index],
+           f"tiled ({len(layout.xs)}x{len(layout.ys)} tiles)": lora_tiled, "clean": clean_own[index]}
+viz.show_images(list(columns.values()), zoom_box=(100, 60, 164, 124), scale=2.2,
+                titles=[f"{label}\n{psnr(image, clean_own[index]):.2f} dB" if label != "clean" else label
+                        for label, image in columns.items()],
+                suptitle=f"base + LoRA on a {degraded_own[index].width}x{degraded_own[index].height} photo");
+
+# %% [markdown]
+# ## 3. A before/after slider
+#
+# `BeforeAfter(before, after)` joins the two images at a divider: `before` to its left, `after`
+# to its right. Drag the slider to move it; the picture is redrawn when you let go
+# (`continuous_update=False`), and `zoom` enlarges the pixels so a small image stays readable. The
+# picture is made by the plain function `wipe(before, after, position)`, which the course's tests
+# call without a browser.
+
+# %%
+viewer = BeforeAfter(degraded_own[index], lora_tiled, position=0.5, zoom=2,
+                     before_label="degraded", after_label="base + LoRA, tiled")
+viewer
+
+# %% [markdown]
+# The slider is an ordinary widget: setting its value from code moves the divider exactly as
+# dragging does. Where the widget is not live (a notebook viewed on GitHub), here are three of its
+# positions as pictures:
+
+# %%
+viewer.slider.value = 0.7
+positions = (0.25, 0.5, 0.75)
+viz.show_images([wipe(degraded_own[index], lora_tiled, position) for position in positions],
+                titles=[f"position {position}: degraded | restored" for position in positions], scale=2.6);
+
+# %% [markdown]
+# ## 4. The numbers
+#
+# `evaluate_folders` compares folders of images by file name: the restored images (here, base +
+# LoRA), the clean references, and optionally the degraded inputs and the base model's output.
+# `save_pngs` writes each set under `outputs/05-restoration/` as lossless PNGs named after the
+# photos. The table gives PSNR (dB, higher is better) and SSIM (1 = identical structure) per
+# image and the means, and the PSNR gain of the LoRA over the degraded input and over the base
+# model. LPIPS runs only when its network weights are already on the machine; nothing is
+# downloaded.
+
+# %%
+image_sets = {"clean": clean, "degraded": degraded, "base": base_restored, "lora": lora_restored}
+for folder, images in image_sets.items():
+    save_pngs(images, names, OUTPUT_DIR / folder)
+result = evaluate_folders(OUTPUT_DIR / "lora", OUTPUT_DIR / "clean",
+                          degraded=OUTPUT_DIR / "degraded", base=OUTPUT_DIR / "base")
+print(format_table(result))
+
+# %% [markdown]
+# The same table from a terminal (it also writes `metrics.csv` and `metrics.json`):
+#
+# ```bash
+# python -m kontext_lora_helpers.evaluate --restored outputs/05-restoration/lora \
+#     --reference outputs/05-restoration/clean --degraded outputs/05-restoration/degraded \
+#     --base outputs/05-restoration/base
+# ```
+#
+# Before reading the table as a verdict on the LoRA, two more numbers: how far the base model
+# moved away from its input, and the most any restoration could score through this VAE (every
+# output image comes out of the VAE's decoder, so the clean photos' own encode-decode round trip
+# is about the ceiling).
+
+# %%
+gains = result["mean"]["gains"]
+scores = result["mean"]["scores"]
+ceiling = vae_ceiling_psnr(pipe, clean)
+print(f"VAE round trip of the clean photos (about the ceiling): {np.mean(ceiling):.2f} dB")
+print(f"base model:   {scores['base']['psnr']:.2f} dB, "
+      f"{scores['base']['psnr'] - scores['degraded']['psnr']:+.2f} dB over the degraded input")
+print(f"base + LoRA:  {scores['restored']['psnr']:.2f} dB, {gains['psnr_vs_degraded']:+.2f} dB over the degraded input, "
+      f"{gains['psnr_vs_base']:+.2f} dB over the base model")
+
+# %% [markdown]
+# How to read these numbers on nano: its VAE alone costs the clean photos several dB at 64 px
+# (about 26 dB is all a perfect answer could score), and the base model, asked to restore,
+# already returns a smoothed copy of its input that scores well above the degraded input, because
+# smoothing removes noise. The LoRA has to beat that smoothing, not the degraded input, and
+# notebook 04's short CPU run does not reliably do so: the sign of the last line's gain over the
+# base model is what this run measured, and on nano it can well be negative.
+# With FLUX.1-Kontext-dev, whose VAE reconstructs photos far more faithfully and whose base model
+# was not trained on this degradation, the room above the base model is much larger; the same two
+# cells measure it.
+#
+# ## 5. How strong should the LoRA be?
+#
+# A LoRA adds `scale x (alpha / rank) x B A` to each adapted weight, and the scale can be chosen
+# at inference: 0 turns the LoRA off (the base model), 1 applies it as trained, values in between
+# blend, and values above 1 exaggerate it. `lora_scale_sweep` restores the same images at each
+# scale (through `restore.restore_images`, same seed) and scores them; afterwards the LoRA is back
+# at its own scale. With several LoRAs loaded, each is multiplied, so their mix is kept.
+
+# %%
+points = lora_scale_sweep(pipe, loras, degraded, clean, scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25), seed=SEED)
+for point in points:
+    print(f"lora_scale {point.scale:4.2f}: mean PSNR {point.mean_psnr:.2f} dB, mean SSIM {point.mean_ssim:.3f}")
+plot_scale_sweep(points, references={"degraded input": scores["degraded"]["psnr"], "VAE ceiling": float(np.mean(ceiling))});
+
+# %% [markdown]
+# Scale 0 and scale 1 are the base model and the LoRA of section 2, pixel for pixel, since the
+# seed is the same:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def same(first, second):
+    return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, second, strict=True))
+
+
+print("scale 0 gives the base model's images:", same(points[0].images, base_restored))
+print("scale 1 gives the LoRA's images:", same(points[4].images, lora_restored))
+
+# %%
+viz.image_grid([[point.images[index] for point in points] + [clean[index]]],
+               col_titles=[f"scale {point.scale:g}" for point in points] + ["clean"], scale=1.4);
+
+# %% [markdown]
+# The scale is a knob for the finished LoRA: `load_loras(pipe, [path], [0.75])` in Python,
+# `--lora_scale 0.75` on the command line. Choose it on held-out photos like these, never on the
+# training photos, and remember that PSNR rewards smooth, safe answers: a scale that looks
+# sharper can score lower. On nano the curve mostly says how far the LoRA moves the output away
+# from the base model's smoothing; run the same cell with the real model and its own LoRA before
+# settling on a scale for it.
+#
+# ## 6. The real model
+#
+# On a GPU, the LoRA works in plain diffusers. This is the whole inference with
+# FLUX.1-Kontext-dev. The whole pipeline in bf16 takes about 34 GB of GPU memory (transformer
+# 23.8 GB, T5 text encoder 9.5 GB), so this plain form wants a 40 GB card or larger; on smaller
+# ones `load_pipeline(MODEL, quantize="nf4")` or the command's `--quantize nf4` stores the
+# transformer in 4 bits. The model is gated: accept its licence on the Hugging Face hub and log in
+# first. The cell runs only when `MODEL` names the real model, and first frees this notebook's
+# pipeline, since one copy of a 12 B model is enough.
+
+# %%
+if MODEL != "nano":
+    del pipe
+    torch.cuda.empty_cache()
+    degraded_image = degraded_own[index]
+
+    from diffusers import FluxKontextPipeline
+    pipeline = FluxKontextPipeline.from_pretrained("black-forest-labs/FLUX.1-Kontext-dev", torch_dtype=torch.bfloat16).to("cuda")
+    pipeline.load_lora_weights("outputs/04-restoration-lora")
+    restored = pipeline(image=degraded_image, prompt="Restore this degraded photograph to high fidelity", guidance_scale=3.5).images[0]
+
+    # The plain call picks its own size (a Kontext resolution near 1024 x 1024); restore_image
+    # makes the same call at the working size and returns the input's size.
+    print(f"input {degraded_image.size}, plain pipeline output {restored.size}")
+    viz.show_images([degraded_image, restored], titles=["degraded", "FLUX.1-Kontext-dev + LoRA"], scale=4)
+
+# %% [markdown]
+# **The command line.** `python -m kontext_lora_helpers.restore` (also `kontext-lora restore`)
+# does what section 2 did, for a file or a whole folder, and writes a PNG plus a JSON record of
+# every setting per image:
+#
+# ```bash
+# python -m kontext_lora_helpers.restore --pretrained_model_name_or_path black-forest-labs/FLUX.1-Kontext-dev \
+#     --lora_weights outputs/04-restoration-lora --lora_scale 1.0 \
+#     --input my_photos --output outputs/restored --seed 0 --tile --batch_size 4
+# ```
+#
+# Here it runs in this process on one of the degraded 64 px photos, with nano: the command gives
+# the image section 2 gave (batched runs may round a pixel differently by one level).
+
+# %%
+command = ["--pretrained_model_name_or_path", MODEL, "--lora_weights", str(LORA_DIR),
+           "--input", str(OUTPUT_DIR / "degraded" / "coffee.png"), "--output", str(OUTPUT_DIR / "command"),
+           "--seed", str(SEED), "--overwrite"]
+if MODEL == "nano":  # with the real model this would load a second copy of it; run it in a terminal
+    restore.main(command)
+    from_command = load_rgb(OUTPUT_DIR / "command" / "coffee.png")
+    difference = np.abs(np.asarray(from_command, dtype=int) - np.asarray(lora_restored[index], dtype=int)).max()
+    print(f"largest difference from section 2's image: {difference} of 255 levels")
+    record = json.loads((OUTPUT_DIR / "command" / "coffee.json").read_text())
+    print(json.dumps({key: record[key] for key in ("input_size", "working_size", "loras", "num_inference_steps",
+                                                   "guidance_scale", "seed")}, indent=1))
+
+# %% [markdown]
+# **ComfyUI.** The trained file is in diffusers' layout (`transformer.<module>.lora_A.weight`).
+# ComfyUI's LoRA loader expects the kohya layout with Black Forest Labs' module names
+# (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, q, k and v fused into one layer).
+# `export` converts exactly (the fused layers become one LoRA of the summed rank):
+#
+# ```bash
+# python -m kontext_lora_helpers.export --lora_weights outputs/04-restoration-lora --format comfyui \
+#     --output outputs/restoration_lora_comfyui.safetensors
+# ```
+#
+# It takes a second, so it runs here too:
+
+# %%
+COMFYUI_FILE = OUTPUT_DIR / "restoration_lora_comfyui.safetensors"
+export.main(["--lora_weights", str(LORA_DIR), "--format", "comfyui", "--output", str(COMFYUI_FILE), "--overwrite"])
+with safe_open(str(COMFYUI_FILE), framework="pt") as handle:
+    keys = sorted(handle.keys())
+print(f"{len(keys)} tensors, e.g.", *keys[:3], sep="\n  ")
+
+# %% [markdown]
+# Copy the file into `ComfyUI/models/loras/` and apply it with a *LoraLoaderModelOnly* node
+# between the FLUX.1 Kontext [dev] model loader and the sampler; the node's `strength_model` is
+# the `lora_scale` of section 5. For nano the file is only a demonstration (ComfyUI runs the real
+# model); a LoRA trained on FLUX.1-Kontext-dev converts the same way.
+#
+# **What this notebook showed:** `restore_images` and `restore_image` return every image at its
+# own size, whole or tiled; `load_loras` switches a LoRA on at any scale; `evaluate_folders`
+# turns folders of results into a table; and the sweep shows how the score depends on the scale.
+# On nano the numbers are bounded by a small VAE; the same cells on FLUX.1-Kontext-dev measure a
+# real restoration LoRA.
