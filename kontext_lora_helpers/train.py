@@ -590,7 +590,14 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
 
 def _defining_settings(config_dict: dict) -> dict:
-    return {key: value for key, value in config_dict.items() if key not in BOOKKEEPING_FIELDS}
+    settings = {key: value for key, value in config_dict.items() if key not in BOOKKEEPING_FIELDS}
+    # The same photo folder written as "../data_samples" or "/home/me/course/data_samples" is the
+    # same run (both resolved from the working folder of the check); JSON has no tuples.
+    if isinstance(settings.get("hr_root"), str):
+        settings["hr_root"] = os.path.realpath(settings["hr_root"])
+    if "crop_scale" in settings:
+        settings["crop_scale"] = list(check_crop_scale(settings["crop_scale"]))
+    return settings
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/kontext-lora/kontext-lora-course/blob/main/notebooks/01_degradations.ipynb)
+#
 # # 01 · Degradations: making the damaged half of every training pair
 #
 # A restoration LoRA learns from **pairs**: a damaged photo (the *control* image Kontext reads) and
@@ -37,6 +39,21 @@
 #    training command and `DegDataset`.
 #
 # Everything here is plain image processing: it runs in seconds on a laptop CPU.
+
+# %%
+# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
+# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+if importlib.util.find_spec("kontext_lora_helpers") is None:
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
+    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
+    os.chdir("/content/kontext-lora-course/notebooks")
 
 # %%
 import matplotlib

@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/kontext-lora/kontext-lora-course/blob/main/notebooks/02_pairs_and_latents.ipynb)
+#
 # # 02 · Pairs and latents: what FLUX.1 Kontext actually sees
 #
 # A restoration LoRA learns from **pairs**: a degraded *control* image and the clean *target* it
@@ -31,6 +33,21 @@
 #
 # Everything runs on a laptop CPU with **nano Kontext**: the real diffusers classes at a tiny size
 # (64x64 images, 2.4 M-parameter transformer). To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
+
+# %%
+# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
+# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+if importlib.util.find_spec("kontext_lora_helpers") is None:
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
+    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
+    os.chdir("/content/kontext-lora-course/notebooks")
 
 # %%
 import torch

@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/kontext-lora/kontext-lora-course/blob/main/notebooks/03_flow_matching_loss.ipynb)
+#
 # # 03 · The flow-matching loss, LoRA, and an optional VGG term
 #
 # Notebook 02 turned a pair of images into the token sequence Kontext reads. This notebook is
@@ -29,6 +31,21 @@
 # 7. **Proof** that only the LoRA parameters receive gradients.
 #
 # Everything runs on a CPU with nano Kontext. To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
+
+# %%
+# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
+# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+if importlib.util.find_spec("kontext_lora_helpers") is None:
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
+    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
+    os.chdir("/content/kontext-lora-course/notebooks")
 
 # %%
 import torch

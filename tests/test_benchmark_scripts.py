@@ -26,9 +26,10 @@ def benchmarks():
     sys.path.insert(0, str(BENCH_DIR))
     try:
         import bench_gpu_training
+        import bench_restore
         import bench_training_step
 
-        yield {"step": bench_training_step, "gpu": bench_gpu_training}
+        yield {"step": bench_training_step, "gpu": bench_gpu_training, "restore": bench_restore}
     finally:
         sys.path.remove(str(BENCH_DIR))
 
@@ -124,3 +125,15 @@ def test_full_size_flops_are_in_the_expected_range(benchmarks):
     flops = gpu.transformer_flops(gpu.FLUX1_DEV_TRANSFORMER_CONFIG, 2 * 4096, 512, 16)
     assert 1.5e14 < flops["forward"] < 1.8e14
     assert flops["forward"] < flops["model"] < flops["three_x_forward"] < flops["hardware"]
+
+
+def test_restore_benchmark_times_batching_and_tiling(benchmarks, tmp_path):
+    json_path = tmp_path / "restore.json"
+    benchmarks["restore"].main(["--rounds", "1", "--steps", "2", "--json", str(json_path)])
+    report = json.loads(json_path.read_text())
+    assert report["batching"]["single_images_per_second"] > 0 and report["batching"]["speedup"] > 0
+    assert report["batching"]["max_pixel_difference"] <= 2  # per-image generators: batching only rounds
+    tiling = report["tiling"]
+    assert tiling["tiled_seconds_per_image"] > 0 and tiling["whole_seconds_per_image"] > 0
+    assert tiling["tiles"]["grid"][0] * tiling["tiles"]["grid"][1] > 1
+    assert all(math.isfinite(tiling[key]) for key in ("whole_psnr", "tiled_psnr", "degraded_psnr"))

@@ -174,6 +174,8 @@ def test_another_runs_checkpoints_are_refused_unless_resuming(tmp_path):
         check_config(quick_config(tmp_path))
     check_config(quick_config(tmp_path, resume_from_checkpoint="latest"))  # resuming is allowed
     check_config(quick_config(tmp_path, learning_rate=5e-4, checkpointing_steps=7))  # bookkeeping may differ
+    # the same photo folder spelled as a relative path is the same run
+    check_config(quick_config(tmp_path, learning_rate=5e-4, hr_root=os.path.relpath(other.hr_root)))
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         check_config(quick_config(tmp_path, resume_from_checkpoint="checkpoint-9"))
 
@@ -472,3 +474,28 @@ def test_sharding_launchers_are_refused_with_the_ddp_command():
     for refused in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with pytest.raises(ConfigError, match="--multi_gpu --num_processes N"):
             check_distributed_type(refused)
+
+
+def test_a_trained_lora_restores_the_same_pixels_in_plain_diffusers_and_the_restore_command(short_run, tmp_path):
+    """Issue 6's promise end to end: the training command's output folder, loaded by plain diffusers
+    from an exported nano folder, gives the restore command's pixels for the same seed."""
+    import numpy as np
+    from diffusers import FluxKontextPipeline
+    from PIL import Image
+
+    from kontext_lora_helpers import restore
+    from kontext_lora_helpers.nano import build_nano_pipeline
+
+    source = tmp_path / "in" / "china.png"
+    source.parent.mkdir()
+    Image.open(DATA / "held_out" / "china.jpg").convert("RGB").resize((64, 64)).save(source)
+    assert restore.main(["--lora_weights", str(short_run["output_dir"]), "--input", str(source),
+                         "--output", str(tmp_path / "out"), "--num_inference_steps", "3", "--seed", "7"]) == 0
+    build_nano_pipeline().save_pretrained(tmp_path / "nano", safe_serialization=True)
+    plain = FluxKontextPipeline.from_pretrained(tmp_path / "nano")
+    plain.set_progress_bar_config(disable=True)
+    plain.load_lora_weights(short_run["output_dir"])
+    expected = plain(image=Image.open(source), prompt=DEFAULT_INSTANCE_PROMPT, guidance_scale=3.5,
+                     num_inference_steps=3, generator=torch.Generator().manual_seed(7),
+                     **models.call_kwargs(plain, 64, 64)).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "china.png")), np.asarray(expected))
