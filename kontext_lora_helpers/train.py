@@ -601,6 +601,8 @@ def _defining_settings(config_dict: dict) -> dict:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    # A checkpoint written before a setting existed ran with that setting's default.
+    old = {**TrainConfig().to_dict(), **old}
     old, new = _defining_settings(old), _defining_settings(new)
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
             if old.get(key) != new.get(key)]

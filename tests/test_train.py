@@ -174,6 +174,10 @@ def test_another_runs_checkpoints_are_refused_unless_resuming(tmp_path):
         check_config(quick_config(tmp_path))
     check_config(quick_config(tmp_path, resume_from_checkpoint="latest"))  # resuming is allowed
     check_config(quick_config(tmp_path, learning_rate=5e-4, checkpointing_steps=7))  # bookkeeping may differ
+    # a checkpoint from before a setting existed ran with its default
+    del state["config"]["crop_scale"]
+    (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
+    check_config(quick_config(tmp_path, learning_rate=5e-4))
     # the same photo folder spelled as a relative path is the same run
     check_config(quick_config(tmp_path, learning_rate=5e-4, hr_root=os.path.relpath(other.hr_root)))
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
