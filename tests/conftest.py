@@ -32,3 +32,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory) -> Path:
+    """A rank-4 LoRA saved by the project's own code (`lora.save_lora`) whose B holds small random
+    values, so it visibly changes nano's output (a fresh LoRA's B is zero and would change nothing)."""
+    import torch
+
+    from kontext_lora_helpers import lora as lora_ops
+    from kontext_lora_helpers.models import load_pipeline
+
+    torch.manual_seed(0)
+    donor = load_pipeline("nano", device="cpu")
+    lora_ops.add_lora(donor.transformer, rank=4)
+    with torch.no_grad():
+        for name, parameter in donor.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.02)
+    folder = tmp_path_factory.mktemp("lora")
+    lora_ops.save_lora(donor.transformer, folder)
+    return folder

@@ -56,22 +56,6 @@ def base_pipe(pipe):
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory) -> Path:
-    """A LoRA saved by the project's own code: rank 4, B filled with small random values so it
-    visibly changes the output (a fresh LoRA's B is zero and would change nothing)."""
-    torch.manual_seed(0)
-    donor = load_pipeline("nano", device="cpu")
-    lora_ops.add_lora(donor.transformer, rank=4)
-    with torch.no_grad():
-        for name, parameter in donor.transformer.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.02)
-    folder = tmp_path_factory.mktemp("lora")
-    lora_ops.save_lora(donor.transformer, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def exported_nano(tmp_path_factory) -> Path:
     """Nano written as a standard diffusers folder (`python -m kontext_lora_helpers.nano export`)."""
     from kontext_lora_helpers.nano.__main__ import main as nano_main

@@ -4,15 +4,12 @@ widget, headless; the LoRA scale sweep on nano with two denoising steps; PNGs fo
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from kontext_lora_helpers import lora as lora_ops
 from kontext_lora_helpers import metrics, restore
 from kontext_lora_helpers.evaluate import index_images
 from kontext_lora_helpers.models import load_pipeline
@@ -145,21 +142,6 @@ def test_save_pngs_refuses_clashing_or_missing_names(tmp_path):
 @pytest.fixture(scope="module")
 def pipe():
     return load_pipeline("nano", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory) -> Path:
-    """A rank-4 LoRA whose B is small random values, so that it visibly changes the output."""
-    torch.manual_seed(0)
-    donor = load_pipeline("nano", device="cpu")
-    lora_ops.add_lora(donor.transformer, rank=4)
-    with torch.no_grad():
-        for name, parameter in donor.transformer.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.02)
-    folder = tmp_path_factory.mktemp("lora")
-    lora_ops.save_lora(donor.transformer, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,10 +34,12 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, whichever way this file is started
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files; never download
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from kontext_lora_helpers import restore  # noqa: E402
 from kontext_lora_helpers.degradations import DegradationConfig, apply_degradation  # noqa: E402
@@ -57,28 +58,6 @@ DEGRADATION = DegradationConfig(degradation_types=["downsample", "noise", "blur"
                                 noise_level=0.1, blur_radius=0.5)
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on."""
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-    }
 
 
 def benchmark_images(seed: int):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -49,6 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files
 import torch  # noqa: E402
 
 import diffusers_reference_step as reference  # noqa: E402
+from machine import machine_info  # noqa: E402
 from kontext_lora_helpers import latents as latent_ops  # noqa: E402
 from kontext_lora_helpers import lora as lora_ops  # noqa: E402
 from kontext_lora_helpers import objective, train  # noqa: E402
@@ -58,30 +58,6 @@ DATA_SAMPLES = REPO_ROOT / "data_samples"
 RESOLUTION = 64  # nano's native size
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on."""
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-    import peft
-
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "peft": peft.__version__,
-    }
 
 
 def peak_rss_mb() -> float:
