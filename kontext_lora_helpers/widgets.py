@@ -629,8 +629,10 @@ class DegradationExplorer:
             zoom_choices.append((f"{zoom}x", zoom))
         self.zoom = widgets.Dropdown(options=zoom_choices, value=zoom, description="zoom",
                                      layout=widgets.Layout(width="160px"))
+        # A narrow label: with the default label width a 220 px slider keeps almost no track.
         slider = dict(
-            min=0.0, max=1.0, step=0.01, continuous_update=False, layout=widgets.Layout(width="220px")
+            min=0.0, max=1.0, step=0.01, continuous_update=False, layout=widgets.Layout(width="220px"),
+            style={"description_width": "50px"},
         )
         self.zoom_x = widgets.FloatSlider(value=zoom_center[0], description="zoom x", **slider)
         self.zoom_y = widgets.FloatSlider(value=zoom_center[1], description="zoom y", **slider)
