@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["VERBS", "main"]
+__all__ = ["VERBS", "fail", "main", "non_negative_int", "positive_int"]
 
 #: verb -> (module, one-line description)
 VERBS: dict[str, tuple[str, str]] = {
@@ -33,6 +33,32 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("kontext_lora_helpers.export", "convert LoRA weights for diffusers or ComfyUI"),
     "nano": ("kontext_lora_helpers.nano", "export or train the tiny CPU model"),
 }
+
+
+def fail(message: str) -> int:
+    """Print ``error: message`` on stderr and return exit status 1 (each verb's ``main`` uses it)."""
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    import argparse
+
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text}")
+    return value
 
 
 def _usage() -> str:

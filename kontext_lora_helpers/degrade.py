@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .cli import fail
 from .degradations import (
     DegradationConfig,
     add_degradation_arguments,
@@ -98,11 +99,6 @@ def _save_json(data: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 success, 1 error; 2 for bad flags via argparse)."""
     parser = build_parser()
@@ -119,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     if output_root.exists() and not output_root.is_dir():
         parser.error(f"--output {str(output_root)!r} is an existing file; give a folder")
     if not source_root.exists():
-        return _fail(f"--input {str(source_root)!r} does not exist")
+        return fail(f"--input {str(source_root)!r} does not exist")
 
     if source_root.is_file():
         try:
             validate_image(source_root)
         except UnusableImageError as error:
-            return _fail(f"cannot use --input: {error}")
+            return fail(f"cannot use --input: {error}")
         sources = [(source_root, source_root.name)]
     else:
         # Leave the output folder out in case it lives inside the input folder (a second run would
@@ -133,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             infos = find_usable_images(source_root, [*args.exclude, output_root])
         except ValueError as error:
-            return _fail(str(error))
+            return fail(str(error))
         sources = [(info.path, info.path.relative_to(source_root).as_posix()) for info in infos]
 
     jobs = []
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for source, relative in sources:
         image_path = output_root / Path(relative).with_suffix(".png")
         if image_path in claimed:
-            return _fail(
+            return fail(
                 f"{claimed[image_path]} and {relative} would both be written to {image_path}; rename one"
             )
         claimed[image_path] = relative
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         existing = [str(path) for _, _, image, record in jobs for path in (image, record) if path.exists()]
         if existing:
             shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-            return _fail(
+            return fail(
                 f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them"
             )
 
@@ -162,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             degraded, record, size = degrade_image_file(source, config, seed)
         except UnusableImageError as error:  # changed on disk since it was checked
-            return _fail(str(error))
+            return fail(str(error))
         image_path.parent.mkdir(parents=True, exist_ok=True)
         _save_png(degraded, image_path)
         description = {

@@ -95,6 +95,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import fail
 from .lora import LORA_WEIGHT_NAME
 
 __all__ = [
@@ -869,11 +870,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 success, 1 error; 2 for bad flags via argparse)."""
     parser = build_parser()
@@ -897,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output = _check_output_path(args.output, args.overwrite)  # fail before loading a large model
     except LoraExportError as error:
-        return _fail(str(error))
+        return fail(str(error))
     # Imported here: it imports diffusers, which a plain conversion does not need.
     from .models import ModelLoadError
 
@@ -906,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge_lora_into_transformer(transformer, layers, strength=args.strength)
         save_merged_transformer(transformer, output, overwrite=args.overwrite)
     except (LoraExportError, ModelLoadError) as error:
-        return _fail(str(error))
+        return fail(str(error))
     print(f"merged {len(merged)} LoRA layers (strength {args.strength:g}) into the transformer of "
           f"{args.merge_into_transformer}; wrote {output}")
     return 0

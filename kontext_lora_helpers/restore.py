@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli import fail, non_negative_int, positive_int
 from .images import SkippedImageWarning, UnusableImageError, find_usable_images, load_rgb, validate_image
 from .lora import LORA_WEIGHT_NAME
 from .prompts import DEFAULT_INSTANCE_PROMPT
@@ -584,20 +585,6 @@ def restore_images(
 # ---------------------------------------------------------------------------------------------
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m kontext_lora_helpers.restore``."""
     parser = argparse.ArgumentParser(
@@ -615,15 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
     parser.add_argument("--output", required=True, help="folder for the restored PNGs and their JSON records")
     parser.add_argument("--prompt", default=DEFAULT_INSTANCE_PROMPT, help="the restoration instruction")
-    parser.add_argument("--num_inference_steps", type=_positive_int, default=None,
+    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
                         help="denoising steps; None means the pipeline's own default (28)")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of every image's noise")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of every image's noise")
     parser.add_argument("--tile", action="store_true",
                         help="restore images larger than the model's native area tile by tile at full resolution")
-    parser.add_argument("--tile_overlap", type=_non_negative_int, default=None,
+    parser.add_argument("--tile_overlap", type=non_negative_int, default=None,
                         help="pixels shared by neighbouring tiles; None means a quarter tile")
-    parser.add_argument("--batch_size", type=_positive_int, default=1,
+    parser.add_argument("--batch_size", type=positive_int, default=1,
                         help="images (or tiles) per pipeline call")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ...; None means CUDA when available")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -631,11 +618,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", default=None, choices=["nf4", "int8"], help="quantize the base transformer (nf4 needs CUDA and bitsandbytes)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
 
 
 def _save_atomically(write: Callable[[Path], None], path: Path) -> None:
@@ -676,32 +658,32 @@ def main(argv: list[str] | None = None) -> int:
     source_root = Path(args.input).expanduser()
     output_root = Path(args.output).expanduser()
     if output_root.exists() and not output_root.is_dir():
-        return _fail(f"--output {str(output_root)!r} is an existing file; give a folder")
+        return fail(f"--output {str(output_root)!r} is an existing file; give a folder")
     if not source_root.exists():
-        return _fail(f"--input {str(source_root)!r} does not exist")
+        return fail(f"--input {str(source_root)!r} does not exist")
     for path in args.lora_weights:
         if not Path(path).expanduser().exists():
-            return _fail(f"--lora_weights {path!r} does not exist")
+            return fail(f"--lora_weights {path!r} does not exist")
 
     try:
         sources = _collect_sources(source_root, output_root)
     except UnusableImageError as error:
-        return _fail(f"cannot use --input: {error}")
+        return fail(f"cannot use --input: {error}")
     except ValueError as error:  # a folder with nothing usable
-        return _fail(str(error))
+        return fail(str(error))
 
     jobs, claimed = [], {}
     for source, relative in sources:
         image_path = output_root / Path(relative).with_suffix(".png")
         if image_path in claimed:
-            return _fail(f"{claimed[image_path]} and {relative} would both be written to {image_path}; rename one")
+            return fail(f"{claimed[image_path]} and {relative} would both be written to {image_path}; rename one")
         claimed[image_path] = relative
         jobs.append((source, relative, image_path, image_path.with_suffix(".json")))
     if not args.overwrite:
         existing = [str(path) for *_, image, record in jobs for path in (image, record) if path.exists()]
         if existing:
             shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-            return _fail(f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them")
+            return fail(f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them")
 
     try:
         choice = choose_device_and_dtype(args.device, args.dtype)
@@ -709,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                              quantize=args.quantize)
         loras = load_loras(pipe, args.lora_weights, args.lora_scale)
     except (ModelLoadError, LoraLoadError, ValueError) as error:
-        return _fail(str(error))
+        return fail(str(error))
 
     native, multiple = _model_geometry(pipe)
     steps = default_num_inference_steps(pipe) if args.num_inference_steps is None else args.num_inference_steps
@@ -762,14 +744,14 @@ def main(argv: list[str] | None = None) -> int:
             image = load_rgb(job[0])
         except UnusableImageError as error:  # changed on disk since it was checked
             if source_root.is_file():
-                return _fail(f"cannot use --input: {error}")
+                return fail(f"cannot use --input: {error}")
             print(f"skipping {job[0]}: {error.reason}", file=sys.stderr)
             skipped += 1
             continue
         try:
             layout = plan_tiles(*image.size, native, multiple, args.tile_overlap) if args.tile else None
         except ValueError as error:  # an overlap as long as the tile
-            return _fail(f"{job[0]}: {error}")
+            return fail(f"{job[0]}: {error}")
         if layout is not None:
             restored = restore_image(pipe, image, args.prompt, steps, args.guidance_scale, args.seed, tile=True,
                                      tile_overlap=args.tile_overlap, batch_size=args.batch_size)

@@ -90,6 +90,7 @@ from . import degradations as degradation_ops
 from . import latents as latent_ops
 from . import lora as lora_ops
 from . import metrics, objective
+from .cli import non_negative_int, positive_int
 from .data import check_crop_scale, check_resolution
 from .degradations import DegradationConfig
 from .prompts import DEFAULT_INSTANCE_PROMPT, PROMPT_MODES
@@ -274,20 +275,6 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the seed's flags, diffusers' usual ones and the course's options."""
     d = TrainConfig()
@@ -307,27 +294,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--instance_prompt", default=d.instance_prompt, help="the restoration instruction given with every pair")
     g.add_argument("--resolution", type=int, default=None,
                    help="square crop side in pixels, a multiple of 16 (default: 64 for nano, 512 otherwise)")
-    g.add_argument("--repeats", type=_positive_int, default=d.repeats, help="times each photo appears per epoch")
+    g.add_argument("--repeats", type=positive_int, default=d.repeats, help="times each photo appears per epoch")
     g.add_argument("--crop_scale", default=",".join(f"{v:g}" for v in d.crop_scale),
                    help="fraction of a photo's short side one training square covers, or a range 'low,high' "
                         "drawn per item (random-resized crops); 1 is the seed's whole-short-side square")
     g.add_argument("--prompt_mode", choices=PROMPT_MODES, default=d.prompt_mode,
                    help="plain: the instance prompt; described/numeric: it also names the damage done")
-    g.add_argument("--dataloader_num_workers", type=_non_negative_int, default=d.dataloader_num_workers)
+    g.add_argument("--dataloader_num_workers", type=non_negative_int, default=d.dataloader_num_workers)
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=_positive_int, default=d.train_batch_size, help="pairs per process per micro-batch")
-    g.add_argument("--gradient_accumulation_steps", type=_positive_int, default=d.gradient_accumulation_steps)
-    g.add_argument("--max_train_steps", type=_positive_int, default=d.max_train_steps, help="optimizer steps")
+    g.add_argument("--train_batch_size", type=positive_int, default=d.train_batch_size, help="pairs per process per micro-batch")
+    g.add_argument("--gradient_accumulation_steps", type=positive_int, default=d.gradient_accumulation_steps)
+    g.add_argument("--max_train_steps", type=positive_int, default=d.max_train_steps, help="optimizer steps")
     g.add_argument("--learning_rate", type=float, default=d.learning_rate,
                    help="AdamW learning rate (the seed uses 1e-4 for the real model)")
     g.add_argument("--lr_scheduler", choices=LR_SCHEDULER_CHOICES, default=d.lr_scheduler)
-    g.add_argument("--lr_warmup_steps", type=_non_negative_int, default=d.lr_warmup_steps)
+    g.add_argument("--lr_warmup_steps", type=non_negative_int, default=d.lr_warmup_steps)
     g.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay)
     g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping norm (0: off)")
-    g.add_argument("--seed", type=_non_negative_int, default=d.seed)
+    g.add_argument("--seed", type=non_negative_int, default=d.seed)
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
     g = parser.add_argument_group("LoRA")
-    g.add_argument("--rank", type=_positive_int, default=d.rank)
+    g.add_argument("--rank", type=positive_int, default=d.rank)
     g.add_argument("--lora_alpha", type=float, default=None, help="scale numerator (default: the rank, scale 1)")
     g = parser.add_argument_group("objective")
     g.add_argument("--sigma_sampling", choices=objective.SIGMA_SCHEMES, default=d.sigma_sampling,
@@ -350,16 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=d.quantize,
                    help="quantize the frozen transformer: nf4 (CUDA, bitsandbytes) or int8 (optimum-quanto)")
     g = parser.add_argument_group("checkpoints")
-    g.add_argument("--checkpointing_steps", type=_non_negative_int, default=d.checkpointing_steps, help="0: never")
-    g.add_argument("--checkpoints_total_limit", type=_positive_int, default=None, help="keep only the newest N")
+    g.add_argument("--checkpointing_steps", type=non_negative_int, default=d.checkpointing_steps, help="0: never")
+    g.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep only the newest N")
     g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     g = parser.add_argument_group("validation and logging")
-    g.add_argument("--validation_steps", type=_non_negative_int, default=d.validation_steps,
+    g.add_argument("--validation_steps", type=non_negative_int, default=d.validation_steps,
                    help="validate every N steps (0: only before and after training)")
-    g.add_argument("--num_validation_images", type=_positive_int, default=d.num_validation_images)
+    g.add_argument("--num_validation_images", type=positive_int, default=d.num_validation_images)
     g.add_argument("--validation_dir", default=None,
                    help="held-out clean photos (default: data_samples/held_out); 'none' turns validation off")
-    g.add_argument("--validation_inference_steps", type=_positive_int, default=d.validation_inference_steps)
+    g.add_argument("--validation_inference_steps", type=positive_int, default=d.validation_inference_steps)
     g.add_argument("--report_to", choices=REPORT_TO_CHOICES, default=d.report_to)
     degradation_ops.add_degradation_arguments(parser)
     del add

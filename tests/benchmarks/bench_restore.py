@@ -24,7 +24,6 @@ goes first) so that background load on a shared machine hits both alike; medians
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 
 from kontext_lora_helpers import restore  # noqa: E402
 from kontext_lora_helpers.degradations import DegradationConfig, apply_degradation  # noqa: E402
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"batch 8 vs batch 1, largest pixel difference: {report['batching']['max_pixel_difference']} of 255 levels")
     print(f"128x128 degraded input: {report['tiling']['degraded_psnr']:.2f} dB against the clean photo")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_report(report, args.json)
     return report
 
 

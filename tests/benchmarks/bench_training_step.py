@@ -31,7 +31,6 @@ process). Peak RSS is the process's high-water mark (both arrangements share the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -48,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files
 import torch  # noqa: E402
 
 import diffusers_reference_step as reference  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 from kontext_lora_helpers import latents as latent_ops  # noqa: E402
 from kontext_lora_helpers import lora as lora_ops  # noqa: E402
 from kontext_lora_helpers import objective, train  # noqa: E402
@@ -279,10 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(relative {loss_check['loss_rel_diff']:.2e}); LoRA gradients max |diff| "
           f"{loss_check['lora_grad_max_abs_diff']:.2e} (relative {loss_check['lora_grad_rel_diff']:.2e})")
     print(f"peak RSS of the process: {report['peak_rss_mb']:.0f} MB")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_report(report, args.json)
     return report
 
 

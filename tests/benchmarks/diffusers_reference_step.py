@@ -56,19 +56,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+# FLUX.1-dev's and FLUX.1-Kontext-dev's scheduler/scheduler_config.json; nano uses it unchanged.
+from kontext_lora_helpers.nano.model import SCHEDULER_CONFIG as FLUX1_SCHEDULER_CONFIG
+
 SCRIPT = "examples/dreambooth/train_dreambooth_lora_flux_kontext.py"
 SCRIPT_COMMIT = "01310e78bf9862c563cd6f273560e6264b709ea7"
 
-FLUX1_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
-"""``scheduler/scheduler_config.json`` of FLUX.1-dev / FLUX.1-Kontext-dev (nano uses the same)."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -33,3 +34,12 @@ def machine_info() -> dict:
         "diffusers": diffusers.__version__,
         "peft": peft.__version__,
     }
+
+
+def write_report(report: dict, path: Path | None) -> None:
+    """Write a benchmark's report as JSON to `path` (folders created), when a path was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
