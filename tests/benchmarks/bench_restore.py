@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from machine import machine_info, write_report  # noqa: E402
+from machine import add_run_arguments, describe_machine, machine_info, write_report  # noqa: E402
 
 from kontext_lora_helpers import restore  # noqa: E402
 from kontext_lora_helpers.degradations import DegradationConfig, apply_degradation  # noqa: E402
@@ -107,11 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per restoration")
     parser.add_argument("--tile_batch_size", type=int, default=4, help="tiles per pipeline call when tiling")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: nano-sized ops are fastest on one thread, and "
-                             "threads waiting on a busy CPU make every call far slower)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.tile_batch_size < 1:
         parser.error("--rounds, --steps and --tile_batch_size must be >= 1")
@@ -164,11 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
 
-    machine = report["machine"]
     print(f"nano restoration, {args.steps} steps, {args.rounds} timed rounds after 1 warm-up, alternating")
-    print(f"machine: {machine['cpu_model'] or 'CPU'}, {machine['cpus_available']} of {machine['cpu_count']} CPUs, "
-          f"load {machine['load_average_1min']}, torch {machine['torch']} with {machine['torch_threads']} thread(s), "
-          f"diffusers {machine['diffusers']}")
+    print(describe_machine(report["machine"]))
     print()
     print(markdown_table(report))
     print()

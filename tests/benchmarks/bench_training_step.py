@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nano is built from shipped files
 import torch  # noqa: E402
 
 import diffusers_reference_step as reference  # noqa: E402
-from machine import machine_info, write_report  # noqa: E402
+from machine import add_run_arguments, describe_machine, machine_info, write_report  # noqa: E402
 from kontext_lora_helpers import latents as latent_ops  # noqa: E402
 from kontext_lora_helpers import lora as lora_ops  # noqa: E402
 from kontext_lora_helpers import objective, train  # noqa: E402
@@ -199,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arrangement first")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: nano-sized ops are fastest on one thread, and "
-                             "threads waiting on a busy CPU make every step far slower)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    add_run_arguments(parser, work="step")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--steps and --batch_size must be >= 1, --warmup >= 0")
@@ -264,12 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
-    machine = report["machine"]
     print(f"nano LoRA training step, batch {args.batch_size} at {RESOLUTION}x{RESOLUTION}, rank {args.rank}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, alternating")
-    print(f"machine: {machine['cpu_model'] or 'CPU'}, {machine['cpus_available']} of {machine['cpu_count']} CPUs, "
-          f"load {machine['load_average_1min']}, torch {machine['torch']} with {machine['torch_threads']} thread(s), "
-          f"diffusers {machine['diffusers']}")
+    print(describe_machine(report["machine"]))
     print()
     print(markdown_table(report))
     print()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -34,6 +35,22 @@ def machine_info() -> dict:
         "diffusers": diffusers.__version__,
         "peft": peft.__version__,
     }
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, work: str = "call") -> None:
+    """The options every CPU benchmark takes: --threads (default 1), --seed, --json."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: nano-sized ops are fastest on one thread, and "
+                             f"threads waiting on a busy CPU make every {work} far slower)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def describe_machine(machine: dict) -> str:
+    """One line for a report's header from `machine_info()`'s dict."""
+    return (f"machine: {machine['cpu_model'] or 'CPU'}, {machine['cpus_available']} of {machine['cpu_count']} CPUs, "
+            f"load {machine['load_average_1min']}, torch {machine['torch']} with {machine['torch_threads']} thread(s), "
+            f"diffusers {machine['diffusers']}")
 
 
 def write_report(report: dict, path: Path | None) -> None:
