@@ -1,7 +1,7 @@
 """`python -m kontext_lora_helpers.nano {export,train,info}` (also `kontext-lora nano ...`).
 
     export DIR             write nano as a standard diffusers folder (FluxKontextPipeline.from_pretrained(DIR))
-    train vae|editor|all   rebuild the shipped weights on CPU (resumable; see the README for CPU times)
+    train vae|editor|all   rebuild the shipped weights on a GPU or the CPU (resumable; see the README for times)
     info                   parameter counts and the files the weights come from
     check-lora DIR         the quality check of a restoration LoRA trained on nano, in plain diffusers
 """
@@ -37,10 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--vae_steps", type=int, default=3000)
     train.add_argument("--vae_batch_size", type=int, default=16)
     train.add_argument("--vae_learning_rate", type=float, default=2e-3)
+    train.add_argument("--vae_crop_size", type=int, default=64,
+                       help="side of the VAE's training crops in pixels (it is fully convolutional)")
+    train.add_argument("--vae_degraded_fraction", type=float, default=0.0,
+                       help="share of the VAE's training crops degraded first (Real-ESRGAN-style preset), "
+                            "so that a copy through the VAE keeps noise and blur")
     train.add_argument("--editor_steps", type=int, default=2500)
     train.add_argument("--editor_batch_size", type=int, default=32)
     train.add_argument("--editor_learning_rate", type=float, default=5e-4)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto",
+                       help="cpu, cuda, cuda:1, ... (auto: the first GPU when there is one, else the CPU)")
 
     sub.add_parser("info", help="describe the nano components")
 
@@ -89,8 +96,15 @@ def _export(args) -> int:
 def _train(args) -> int:
     import torch
 
-    from .model import load_nano_components, save_nano_weights
+    from .model import VAE_CONFIG, load_nano_components, save_nano_weights
 
+    device = _training_device(args.device)
+    vae_factor = 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1)
+    if args.vae_crop_size < 4 * vae_factor or args.vae_crop_size % vae_factor:
+        sys.exit(f"error: --vae_crop_size must be a multiple of the VAE's factor {vae_factor} and at least "
+                 f"{4 * vae_factor}; got {args.vae_crop_size}.")
+    if not 0.0 <= args.vae_degraded_fraction <= 1.0:
+        sys.exit(f"error: --vae_degraded_fraction is a share of the crops, in [0, 1]; got {args.vae_degraded_fraction}.")
     torch.manual_seed(args.seed)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     # Start from whatever is already trained in the work dir or weights dir (VAE before editor).
@@ -99,7 +113,9 @@ def _train(args) -> int:
         from .train import train_vae
 
         result = train_vae(components, args.work_dir, steps=args.vae_steps, batch_size=args.vae_batch_size,
-                           learning_rate=args.vae_learning_rate, seed=args.seed, image_dirs=args.image_dirs)
+                           learning_rate=args.vae_learning_rate, seed=args.seed, image_dirs=args.image_dirs,
+                           crop_size=args.vae_crop_size, degraded_fraction=args.vae_degraded_fraction,
+                           device=device)
         save_nano_weights(components, args.weights_dir, parts=["vae", "text_encoder", "text_encoder_2"])
         print(json.dumps({"vae": result}, indent=2))
     if args.stage in ("editor", "all"):
@@ -110,10 +126,25 @@ def _train(args) -> int:
         components = load_nano_components(args.weights_dir, allow_missing=True)
         result = train_editor(components, args.work_dir, steps=args.editor_steps,
                               batch_size=args.editor_batch_size, learning_rate=args.editor_learning_rate,
-                              seed=args.seed, image_dirs=args.image_dirs)
+                              seed=args.seed, image_dirs=args.image_dirs, device=device)
         save_nano_weights(components, args.weights_dir, parts=["transformer"])
         print(json.dumps({"editor": result}, indent=2))
     return 0
+
+
+def _training_device(name: str) -> str:
+    """`--device` as a torch device string; exits with a message when it names no usable device."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"error: --device {name!r} is not a device; use cpu, cuda, cuda:N or auto.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"error: --device {name} asks for a CUDA GPU and torch sees none; use --device cpu (or auto).")
+    return name
 
 
 def _info() -> int:

@@ -36,7 +36,7 @@ def run_pipeline(pipe, pixels: torch.Tensor, prompt: str, steps: int = 20, seed:
         image=tensor_to_pils(pixels), prompt=[prompt] * batch, num_inference_steps=steps,
         generator=generator, output_type="pt", **nano_call_kwargs(*pixels.shape[-2:]),
     ).images
-    return images.float() * 2 - 1
+    return images.float().cpu() * 2 - 1
 
 
 def evaluate_nano(pipe, steps: int = 20, seed: int = 0) -> dict:

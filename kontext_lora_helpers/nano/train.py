@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import latents as latent_ops
+from ..data import pil_to_tensor
 from .pool import CropPool, default_image_paths, held_out_batch
 
 
@@ -49,6 +50,35 @@ def measure_latent_factors(vae, pool: CropPool, num_images: int = 512, seed: int
     return {"shift_factor": float(raw.mean()), "scaling_factor": float(1.0 / raw.std())}
 
 
+def degrade_some(pixels: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Replace a random `fraction` of a batch of crops by degraded copies.
+
+    The degradations are the course's Real-ESRGAN-style preset (blur, resizing, Gaussian or Poisson
+    noise, JPEG, at random strengths), so a VAE trained on the result reproduces flawed photos as
+    faithfully as clean ones: a copy of a noisy photo through nano keeps its noise, and removing it is
+    left to the restoration LoRA, as with FLUX's own VAE.
+
+    Args:
+        pixels: (B, 3, S, S) float in [-1, 1]; not modified.
+        fraction: probability in [0, 1] that each crop is degraded.
+        rng: draws which crops and the degradation seeds.
+
+    Returns:
+        (B, 3, S, S) float in [-1, 1].
+    """
+    if fraction <= 0:
+        return pixels
+    from ..data import tensor_to_pil
+    from ..degradations import PRESETS, apply_degradation
+
+    out = pixels.clone()
+    for index in np.flatnonzero(rng.random(len(pixels)) < fraction):
+        degraded, _ = apply_degradation(tensor_to_pil(pixels[index]), PRESETS["realesrgan"],
+                                        seed=int(rng.integers(1 << 31)))
+        out[index] = pil_to_tensor(degraded)
+    return out
+
+
 def train_vae(
     components: dict,
     work_dir: Path,
@@ -59,18 +89,28 @@ def train_vae(
     seed: int = 0,
     image_dirs=None,
     checkpoint_every: int = 250,
+    crop_size: int = 64,
+    degraded_fraction: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> dict:
-    """Train the nano VAE for reconstruction of 64x64 natural-image crops.
+    """Train the nano VAE to reproduce natural-image crops, flaws included.
 
     Loss: MSE + 0.1 L1 on pixels in [-1, 1] plus a tiny KL term that keeps the posterior well
     behaved; the pipeline uses the posterior's mode, so the KL only regularises.
+
+    Args:
+        crop_size: side of the training crops in pixels; the VAE is fully convolutional, so small
+            crops (32) train as well as 64 and cost a quarter.
+        degraded_fraction: share of the crops replaced by a degraded copy (`degrade_some`), so the
+            VAE learns to keep noise and blur instead of smoothing them away.
+        device: where to train; the VAE is returned on the CPU.
 
     Returns:
         dict with held-out round-trip PSNR (dB) and the measured latent factors.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
-    vae = components["vae"].train().requires_grad_(True)
-    pool = CropPool(default_image_paths(image_dirs), size=64, seed=seed)
+    vae = components["vae"].to(device).train().requires_grad_(True)
+    pool = CropPool(default_image_paths(image_dirs), size=crop_size, seed=seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     checkpoint_path = work_dir / "vae_checkpoint.pt"
     start = 0
@@ -80,13 +120,13 @@ def train_vae(
         optimizer.load_state_dict(state["optimizer"])
         pool.rng.bit_generator.state = state["rng"]
         start = state["step"]
-    evaluation = held_out_batch(64)
+    evaluation = held_out_batch(64).to(device)
     progress = tqdm(range(start, steps), initial=start, total=steps, desc="nano VAE", dynamic_ncols=True)
     begun = time.time()
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, steps, learning_rate, warmup=200)
-        pixels = pool.batch(batch_size)
+        pixels = degrade_some(pool.batch(batch_size), degraded_fraction, pool.rng).to(device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.mode()).sample
         loss = F.mse_loss(reconstruction, pixels) + 0.1 * F.l1_loss(reconstruction, pixels)
@@ -106,10 +146,10 @@ def train_vae(
                             "seconds": time.time() - begun})
             _save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                           "rng": pool.rng.bit_generator.state, "step": step + 1}, checkpoint_path)
-    vae.eval().requires_grad_(False)
-    factors = measure_latent_factors(vae, pool)
+    vae.eval().requires_grad_(False).to("cpu")
+    factors = measure_latent_factors(vae, pool)  # per-value statistics: the crop size does not matter
     vae.register_to_config(**factors)
-    _, psnr = latent_ops.round_trip(vae, evaluation)
+    _, psnr = latent_ops.round_trip(vae, evaluation.cpu())
     return {"held_out_psnr_db": psnr, **factors}
 
 
@@ -191,28 +231,33 @@ def train_editor(
     seed: int = 0,
     image_dirs=None,
     checkpoint_every: int = 250,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Pretrain the nano transformer as a small Kontext editor with the course's own objective.
 
     Each sample is (control crop, prompt, target): the target is the control itself for an
     unrecognised instruction, or its flipped / grayscale / brightened version for the prompted edits.
-    Sigmas are logit-normal, shifted with the mu the pipeline uses for 64 image tokens.
+    Sigmas are logit-normal, shifted with the mu the pipeline uses for a 64x64 image's tokens.
+    Random numbers are drawn on the CPU, so a run is the same draw on any `device`; the components
+    are returned on the CPU.
     """
     from diffusers import FluxKontextPipeline
 
     from .. import objective
+    from .model import NANO_RESOLUTION
     from .tokenizers import NANO_MAX_SEQUENCE_LENGTH
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    pipe = FluxKontextPipeline(**components)
+    pipe = FluxKontextPipeline(**components).to(device)
     transformer = components["transformer"].train().requires_grad_(True)
     vae = components["vae"]
     prompts_cache = objective.PromptEmbeddingCache(pipe, NANO_MAX_SEQUENCE_LENGTH)
-    pool = CropPool(default_image_paths(image_dirs), size=64, seed=seed + 1)
+    pool = CropPool(default_image_paths(image_dirs), size=NANO_RESOLUTION, seed=seed + 1)
     rng = np.random.default_rng(seed + 2)
     generator = torch.Generator().manual_seed(seed + 3)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=0.01)
-    mu = objective.calculate_shift(64, components["scheduler"].config)
+    num_image_tokens = (NANO_RESOLUTION // latent_ops.pixel_multiple(vae)) ** 2
+    mu = objective.calculate_shift(num_image_tokens, components["scheduler"].config)
     checkpoint_path = work_dir / "editor_checkpoint.pt"
     start = 0
     if checkpoint_path.exists():
@@ -230,11 +275,11 @@ def train_editor(
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, steps, learning_rate, warmup=200)
         control, target, prompts, _ = editor_batch(pool, batch_size, rng)
-        target_latents, control_latents = objective.encode_pair(vae, target, control)
-        sigmas = objective.sample_sigmas(batch_size, "logit_normal", shift=mu, generator=generator)
-        noise = torch.randn(target_latents.shape, generator=generator)
+        target_latents, control_latents = objective.encode_pair(vae, target.to(device), control.to(device))
+        sigmas = objective.sample_sigmas(batch_size, "logit_normal", shift=mu, generator=generator).to(device)
+        noise = torch.randn(target_latents.shape, generator=generator).to(device)
         out = objective.kontext_flow_matching_step(
-            transformer, target_latents, control_latents, prompts_cache.batch(prompts), sigmas, noise
+            transformer, target_latents, control_latents, prompts_cache.batch(prompts, device=device), sigmas, noise
         )
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -251,4 +296,5 @@ def train_editor(
                           "rng": rng.bit_generator.state, "pool_rng": pool.rng.bit_generator.state,
                           "generator": generator.get_state(), "step": step + 1}, checkpoint_path)
     transformer.eval().requires_grad_(False)
+    pipe.to("cpu")
     return {"steps": steps, "final_loss_ema": running}
