@@ -87,4 +87,4 @@ def test_nano_train_explains_a_missing_gpu(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         nano_main(["train", "vae", "--work_dir", str(tmp_path / "work"), "--weights_dir", str(tmp_path / "w"),
                    "--device", "cuda"])
-    assert "torch sees none" in str(exit_info.value)
+    assert "no CUDA GPU is visible" in str(exit_info.value)

@@ -133,18 +133,18 @@ def _train(args) -> int:
 
 
 def _training_device(name: str) -> str:
-    """`--device` as a torch device string; exits with a message when it names no usable device."""
+    """`--device` as a torch device string (auto: the first GPU when there is one); exits with a
+    message when it names no usable device."""
     import torch
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from ..models import ModelLoadError, choose_device_and_dtype
+
     try:
-        device = torch.device(name)
+        return str(choose_device_and_dtype(None if name == "auto" else name, torch.float32).device)
+    except ModelLoadError as error:  # a CUDA device without a GPU (a RuntimeError too: caught first)
+        sys.exit(f"error: --device {name}: {error}")
     except RuntimeError:
         sys.exit(f"error: --device {name!r} is not a device; use cpu, cuda, cuda:N or auto.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"error: --device {name} asks for a CUDA GPU and torch sees none; use --device cpu (or auto).")
-    return name
 
 
 def _info() -> int:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import latents as latent_ops
-from ..data import pil_to_tensor
+from ..data import pil_to_tensor, tensor_to_pil
+from ..degradations import PRESETS, apply_degradation
 from .pool import CropPool, default_image_paths, held_out_batch
 
 
@@ -68,9 +69,6 @@ def degrade_some(pixels: torch.Tensor, fraction: float, rng: np.random.Generator
     """
     if fraction <= 0:
         return pixels
-    from ..data import tensor_to_pil
-    from ..degradations import PRESETS, apply_degradation
-
     out = pixels.clone()
     for index in np.flatnonzero(rng.random(len(pixels)) < fraction):
         degraded, _ = apply_degradation(tensor_to_pil(pixels[index]), PRESETS["realesrgan"],
