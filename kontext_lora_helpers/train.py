@@ -183,7 +183,9 @@ class TrainConfig:
     ``mixed_precision=None`` takes accelerate's setting (``accelerate config`` / ``launch``), else "no".
     ``validation_dir=None`` uses the course's held-out photos when they exist; "none" turns
     validation off. ``sigma_shift``: "auto" (the pipeline's mu for the target token count), "none"
-    (unshifted) or a number.
+    (unshifted) or a number. ``objective``: "flow_matching" (diffusers' Kontext objective: the
+    sampler draws a plausible restoration) or "posterior_mean" (it ends at the model's estimate of
+    the average one: higher PSNR; see `objective`).
     """
 
     # model and data (the seed's flags)
@@ -211,6 +213,7 @@ class TrainConfig:
     rank: int = 16
     lora_alpha: float | None = None
     # objective
+    objective: str = "flow_matching"
     sigma_sampling: str = "logit_normal"
     sigma_shift: str | float = "auto"
     weighting_scheme: str = "none"
@@ -317,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rank", type=positive_int, default=d.rank)
     g.add_argument("--lora_alpha", type=float, default=None, help="scale numerator (default: the rank, scale 1)")
     g = parser.add_argument_group("objective")
+    g.add_argument("--objective", choices=objective.OBJECTIVES, default=d.objective,
+                   help="flow_matching: the sampler draws a plausible clean image (diffusers' objective); "
+                        "posterior_mean: it returns the model's estimate of the average one (higher PSNR, "
+                        "smoother; one more forward per step). See kontext_lora_helpers.objective")
     g.add_argument("--sigma_sampling", choices=objective.SIGMA_SCHEMES, default=d.sigma_sampling,
                    help="training noise-level density")
     g.add_argument("--sigma_shift", default=d.sigma_shift,
@@ -538,7 +545,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
             except ImportError:
                 raise ConfigError("--report_to tensorboard needs TensorBoard: pip install tensorboard") from None
 
-    for name, choices in (("prompt_mode", PROMPT_MODES), ("sigma_sampling", objective.SIGMA_SCHEMES),
+    for name, choices in (("prompt_mode", PROMPT_MODES), ("objective", objective.OBJECTIVES),
+                          ("sigma_sampling", objective.SIGMA_SCHEMES),
                           ("weighting_scheme", objective.WEIGHTING_SCHEMES), ("lr_scheduler", LR_SCHEDULER_CHOICES),
                           ("perceptual_gate", ("linear", "threshold", "none")), ("vgg_weights", VGG_WEIGHT_CHOICES)):
         if getattr(config, name) not in choices:
@@ -1370,7 +1378,7 @@ def training_loss(batch: dict, epoch: int, model, vae, cache, vgg, config: Train
         mu: the sigma shift, or None. guidance: the guidance input, or None.
 
     Returns:
-        scalar float32 loss (flow matching, plus the weighted perceptual term when `vgg` is given).
+        scalar float32 loss (`config.objective`, plus the weighted perceptual term when `vgg` is given).
     """
     from . import losses as loss_ops
 
@@ -1381,8 +1389,8 @@ def training_loss(batch: dict, epoch: int, model, vae, cache, vgg, config: Train
     sigmas, noise = sigmas_and_noise(batch["index"], epoch, config.seed, tuple(target_latents.shape[1:]),
                                      config.sigma_sampling, mu)
     text = cache.batch(list(batch["prompts"]), device=device, dtype=weight_dtype)
-    # 4-7. pack, forward, slice, flow-matching loss on the target tokens
-    step = objective.kontext_flow_matching_step(
+    # 4-7. pack, forward, slice, loss on the target tokens (`config.objective`)
+    step = objective.OBJECTIVE_STEPS[config.objective](
         model, target_latents.to(weight_dtype), control_latents.to(weight_dtype), text,
         sigmas.to(device), noise.to(device=device, dtype=weight_dtype),
         guidance_scale=guidance, weighting_scheme=config.weighting_scheme,

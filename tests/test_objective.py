@@ -177,6 +177,23 @@ class VelocityOracle(torch.nn.Module):
         return (torch.cat([self.target_tokens, junk], dim=1),)
 
 
+class AimsAt(torch.nn.Module):
+    """A stand-in transformer whose every prediction aims at the clean latents `aim`:
+    v = (x_t - aim) / sigma on the target tokens, so x0_hat = aim at every noise level."""
+
+    def __init__(self, aim_tokens: torch.Tensor):
+        super().__init__()
+        self.aim_tokens = aim_tokens
+        self.calls = []
+
+    def forward(self, hidden_states, timestep, **kwargs):
+        self.calls.append((hidden_states.detach().clone(), timestep.detach().clone()))
+        n = self.aim_tokens.shape[1]
+        sigma = timestep.view(-1, 1, 1).to(hidden_states.dtype)
+        velocity = (hidden_states[:, :n] - self.aim_tokens) / sigma
+        return (torch.cat([velocity, torch.full_like(hidden_states[:, n:], 1e3)], dim=1),)
+
+
 class MustNotRun(torch.nn.Module):
     def forward(self, *args, **kwargs):
         raise AssertionError("the model ran although the inputs were invalid")
@@ -296,3 +313,92 @@ def test_unknown_sampling_and_weighting_names():
         objective.sample_sigmas(4, "cosine")
     with pytest.raises(ValueError, match="loss weighting scheme"):
         objective.loss_weighting(torch.tensor([0.5]), "min_snr")
+
+
+# --- the posterior-mean objective ----------------------------------------------------------------------
+
+
+def test_posterior_mean_trains_the_points_the_pipelines_sampler_visits(pipe, control_image):
+    """While every prediction aims at one clean latent, FluxKontextPipeline's sampler moves on the
+    straight line from the noise to it: the points `kontext_posterior_mean_step` trains on."""
+    noise = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(5))
+    aim = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(6))
+    num_target_tokens = (SIDE // 8) ** 2
+    recorder = AimsAt(latent_ops.pack(aim))
+
+    def aim_instead(module, args, kwargs, output):  # replace the nano transformer's prediction
+        return recorder(kwargs["hidden_states"], kwargs["timestep"])
+
+    handle = pipe.transformer.register_forward_hook(aim_instead, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            final = pipe(image=control_image, prompt=PROMPT, latents=latent_ops.pack(noise), num_inference_steps=6,
+                         guidance_scale=GUIDANCE, output_type="latent", **nano_call_kwargs(SIDE, SIDE)).images
+    finally:
+        handle.remove()
+    assert len(recorder.calls) == 6
+    for hidden_states, sigma in recorder.calls:
+        on_the_line = objective.noisy_latents(aim, noise, sigma.float())
+        torch.testing.assert_close(hidden_states[:, :num_target_tokens], latent_ops.pack(on_the_line),
+                                   rtol=0, atol=1e-5)
+    torch.testing.assert_close(final, latent_ops.pack(aim), rtol=0, atol=1e-5)  # the sampler ends at the aim
+    assert float(recorder.calls[0][1]) == 1.0  # the first step is at sigma 1, where the anchor is taken
+
+
+def test_posterior_mean_step_builds_x_t_from_the_models_own_sigma_one_estimate():
+    target, control, noise = _batch()
+    aim = torch.randn(target.shape, generator=torch.Generator().manual_seed(9))
+    model = AimsAt(latent_ops.pack(aim))
+    sigmas = torch.tensor([0.2, 0.7])
+    anchor = objective.sigma_one_estimate(model, control, _text(), noise)
+    torch.testing.assert_close(anchor, aim, rtol=0, atol=1e-5)
+    assert not anchor.requires_grad
+    model.calls.clear()
+    step = objective.kontext_posterior_mean_step(model, target, control, _text(), sigmas, noise)
+    (first_input, first_sigma), (second_input, second_sigma) = model.calls
+    assert torch.equal(first_sigma, torch.ones(2))  # the anchor: the estimate at sigma 1 from the same noise
+    torch.testing.assert_close(first_input[:, :16], latent_ops.pack(noise))
+    torch.testing.assert_close(second_sigma, sigmas)
+    torch.testing.assert_close(second_input[:, :16], latent_ops.pack(objective.noisy_latents(aim, noise, sigmas)),
+                               rtol=0, atol=1e-5)
+    # x0_hat is the aim at every sigma, so the loss is its squared error against the clean latents...
+    expected = ((aim - target) ** 2).reshape(2, -1).mean(1)
+    torch.testing.assert_close(step.per_sample_loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step.x0_hat_latents(), aim, rtol=0, atol=1e-5)
+    # ...and zero when the model aims at the clean latents.
+    exact = objective.kontext_posterior_mean_step(AimsAt(latent_ops.pack(target)), target, control, _text(), sigmas, noise)
+    assert exact.loss.item() < 1e-9
+
+
+def test_posterior_mean_gradient_comes_from_the_second_forward_only():
+    """The anchor is a target point: no gradient flows through it, so the step's gradient equals
+    the gradient of the same loss with the anchor given as a constant."""
+    torch.manual_seed(0)
+    target, control, noise = _batch()
+    sigmas = torch.tensor([0.4, 0.8])
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.eye(64) * 0.5 + 0.01 * torch.randn(64, 64))
+
+        def forward(self, hidden_states, **kwargs):
+            return (hidden_states @ self.weight,)
+
+    model = Linear()
+    step = objective.kontext_posterior_mean_step(model, target, control, _text(), sigmas, noise)
+    step.loss.backward()
+    through_step = model.weight.grad.clone()
+    model.weight.grad = None
+    anchor = objective.sigma_one_estimate(model, control, _text(), noise)
+    noisy = objective.noisy_latents(anchor, noise, sigmas)
+    inputs = objective.build_transformer_inputs(noisy, control, _text(), sigmas)
+    velocity = objective.predict_velocity(model, inputs, 16)
+    x0_hat = objective.x0_from_velocity(latent_ops.pack(noisy), sigmas, velocity)
+    ((x0_hat - latent_ops.pack(target)) ** 2).reshape(2, -1).mean(1).mean().backward()
+    torch.testing.assert_close(through_step, model.weight.grad)
+    assert through_step.abs().sum() > 0
+
+
+def test_every_objective_has_a_step():
+    assert set(objective.OBJECTIVE_STEPS) == set(objective.OBJECTIVES)

@@ -136,6 +136,7 @@ REFUSALS = [
     (dict(hr_root="EMPTY"), "nothing to train on"),
     (dict(resolution=72), "multiple of 16"),
     (dict(sigma_shift="sometimes"), "--sigma_shift"),
+    (dict(objective="sharpest"), "--objective must be one of flow_matching, posterior_mean"),
     (dict(pretrained_model_name_or_path="not/a/real/model/path"), "Unknown model"),
 ]
 if not HAS_CUDA:
@@ -271,12 +272,14 @@ def test_held_out_photos_are_never_trained_on(tmp_path):
 def test_precision_memory_and_objective_options_run_on_the_cpu(tmp_path):
     """bf16 autocast over a bf16 base, an int8 (optimum-quanto) transformer, gradient checkpointing,
     the perceptual term (random VGG: no download), a warm-up + cosine schedule, other sigma
-    densities and weightings, numeric prompts, and pruning to the newest checkpoint."""
+    densities and weightings, the posterior-mean objective, numeric prompts, and pruning to the
+    newest checkpoint."""
     pytest.importorskip("optimum.quanto")
     config = quick_config(
         tmp_path, mixed_precision="bf16", quantize="int8", gradient_checkpointing=True,
         perceptual_loss=True, vgg_weights="random", perceptual_gate="threshold",
         lr_scheduler="cosine", lr_warmup_steps=1, sigma_sampling="mode", weighting_scheme="cosmap",
+        objective="posterior_mean",
         sigma_shift="none", prompt_mode="numeric", max_train_steps=3, checkpointing_steps=1,
         checkpoints_total_limit=1,
     )
