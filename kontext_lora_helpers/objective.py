@@ -394,7 +394,10 @@ def kontext_posterior_mean_step(
     )
 
 
-OBJECTIVE_STEPS = {"flow_matching": kontext_flow_matching_step, "posterior_mean": kontext_posterior_mean_step}
+def objective_step(name: str):
+    """The step function of objective `name` (one of ``OBJECTIVES``); both take and return the same."""
+    _check_choice("objective", name, OBJECTIVES)
+    return kontext_posterior_mean_step if name == "posterior_mean" else kontext_flow_matching_step
 
 
 # --- text ------------------------------------------------------------------------------------------

@@ -1390,7 +1390,7 @@ def training_loss(batch: dict, epoch: int, model, vae, cache, vgg, config: Train
                                      config.sigma_sampling, mu)
     text = cache.batch(list(batch["prompts"]), device=device, dtype=weight_dtype)
     # 4-7. pack, forward, slice, loss on the target tokens (`config.objective`)
-    step = objective.OBJECTIVE_STEPS[config.objective](
+    step = objective.objective_step(config.objective)(
         model, target_latents.to(weight_dtype), control_latents.to(weight_dtype), text,
         sigmas.to(device), noise.to(device=device, dtype=weight_dtype),
         guidance_scale=guidance, weighting_scheme=config.weighting_scheme,

@@ -400,5 +400,8 @@ def test_posterior_mean_gradient_comes_from_the_second_forward_only():
     assert through_step.abs().sum() > 0
 
 
-def test_every_objective_has_a_step():
-    assert set(objective.OBJECTIVE_STEPS) == set(objective.OBJECTIVES)
+def test_every_objective_has_a_step_and_unknown_names_are_refused():
+    assert objective.objective_step("flow_matching") is objective.kontext_flow_matching_step
+    assert objective.objective_step("posterior_mean") is objective.kontext_posterior_mean_step
+    with pytest.raises(ValueError, match="objective"):
+        objective.objective_step("sharpest")
