@@ -377,7 +377,16 @@ def test_a_crash_during_a_save_leaves_no_complete_looking_checkpoint(tmp_path, m
     assert (tmp_path / "checkpoint-2" / "training_state.json").is_file()
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resuming_finishes_the_run(tmp_path):
+@pytest.fixture
+def interactive_ctrl_c():
+    """Python's own Ctrl-C handler, as in a terminal or a notebook: a test run started in the
+    background (`cmd &`, nohup) inherits SIGINT ignored, and training leaves that alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resuming_finishes_the_run(tmp_path, interactive_ctrl_c):
     def press_ctrl_c_at_step_3(event):
         if event["step"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
