@@ -298,6 +298,19 @@ def check_step_inputs(
         raise ValueError(f"sigmas must lie in [0, 1]; got min {float(sigmas.min())}, max {float(sigmas.max())}.")
 
 
+def predict_target_tokens(transformer, noisy_target_latents: torch.Tensor, control_latents: torch.Tensor,
+                          text: PromptEmbeddings, sigmas: torch.Tensor, guidance_scale: float | None = 3.5):
+    """Stages 4-5 for one noisy target: build the Kontext sequence and predict.
+
+    Returns:
+        (velocity, noisy_tokens): the prediction on the target tokens and those tokens' inputs,
+        both (B, N_t, 64).
+    """
+    inputs = build_transformer_inputs(noisy_target_latents, control_latents, text, sigmas, guidance_scale)
+    num_target_tokens = (noisy_target_latents.shape[-2] // 2) * (noisy_target_latents.shape[-1] // 2)
+    return predict_velocity(transformer, inputs, num_target_tokens), inputs["hidden_states"][:, :num_target_tokens]
+
+
 def kontext_flow_matching_step(
     transformer,
     target_latents: torch.Tensor,
@@ -311,9 +324,7 @@ def kontext_flow_matching_step(
     """Stages 3-7 in order: noise the target, build the Kontext sequence, predict, compare."""
     check_step_inputs(target_latents, control_latents, noise, sigmas, weighting_scheme)
     noisy = noisy_latents(target_latents, noise, sigmas)
-    inputs = build_transformer_inputs(noisy, control_latents, text, sigmas, guidance_scale)
-    num_target_tokens = (noisy.shape[-2] // 2) * (noisy.shape[-1] // 2)
-    predicted = predict_velocity(transformer, inputs, num_target_tokens)
+    predicted, noisy_tokens = predict_target_tokens(transformer, noisy, control_latents, text, sigmas, guidance_scale)
     target = latent_ops.pack(velocity_target(noise, target_latents))
     per_sample = flow_matching_loss(predicted, target, loss_weighting(sigmas, weighting_scheme).to(predicted.device))
     return StepOutput(
@@ -322,7 +333,7 @@ def kontext_flow_matching_step(
         sigmas=sigmas,
         predicted_velocity=predicted,
         target_velocity=target,
-        noisy_tokens=inputs["hidden_states"][:, :num_target_tokens],
+        noisy_tokens=noisy_tokens,
         latent_hw=tuple(noisy.shape[-2:]),
     )
 
@@ -339,11 +350,9 @@ def sigma_one_estimate(transformer, control_latents: torch.Tensor, text: PromptE
         (B, 16, h, w) latents, the dtype of `noise`.
     """
     ones = torch.ones(noise.shape[0], device=noise.device, dtype=torch.float32)
-    num_target_tokens = (noise.shape[-2] // 2) * (noise.shape[-1] // 2)
     with torch.no_grad():
-        inputs = build_transformer_inputs(noise, control_latents, text, ones, guidance_scale)
-        velocity = predict_velocity(transformer, inputs, num_target_tokens)
-        tokens = x0_from_velocity(latent_ops.pack(noise), ones, velocity.to(noise.dtype))
+        velocity, noise_tokens = predict_target_tokens(transformer, noise, control_latents, text, ones, guidance_scale)
+        tokens = x0_from_velocity(noise_tokens, ones, velocity.to(noise_tokens.dtype))
     return latent_ops.unpack(tokens, *noise.shape[-2:]).detach()
 
 
@@ -373,10 +382,7 @@ def kontext_posterior_mean_step(
     check_step_inputs(target_latents, control_latents, noise, sigmas, weighting_scheme)
     anchor = sigma_one_estimate(transformer, control_latents, text, noise, guidance_scale)
     noisy = noisy_latents(anchor, noise, sigmas)
-    inputs = build_transformer_inputs(noisy, control_latents, text, sigmas, guidance_scale)
-    num_target_tokens = (noisy.shape[-2] // 2) * (noisy.shape[-1] // 2)
-    predicted = predict_velocity(transformer, inputs, num_target_tokens)
-    noisy_tokens = inputs["hidden_states"][:, :num_target_tokens]
+    predicted, noisy_tokens = predict_target_tokens(transformer, noisy, control_latents, text, sigmas, guidance_scale)
     clean_tokens = latent_ops.pack(target_latents)
     s = sigmas.view(-1, 1, 1).to(device=predicted.device, dtype=torch.float32)
     x0_hat = noisy_tokens.float() - s * predicted.float()
