@@ -173,3 +173,23 @@ def settings_table() -> str:
             f"| {entry.expected_peak_gb[0]:.0f}-{entry.expected_peak_gb[1]:.0f} GB |"
         )
     return "\n".join(lines)
+
+
+NOTEBOOK_NANO_STEPS = 150
+"""Steps of notebook 04's nano run: the recipe's settings in about 1.5 minutes on 2 CPU cores, so
+the course stays quick to run; the README's command trains the recipe's full 500 steps."""
+
+
+def notebook_settings(model: str, **overrides):
+    """The training settings notebooks 04 and 05 use (05 retrains with them when 04 has not run).
+
+    nano: the recipe's defaults with `NOTEBOOK_NANO_STEPS` steps. Any other model: the entry of
+    the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
+    `overrides` go on top (``hr_root``, ``output_dir``, ``degradation``...).
+    """
+    from .models import is_nano
+    from .train import TrainConfig
+
+    if is_nano(model):
+        return TrainConfig(pretrained_model_name_or_path=model, **{"max_train_steps": NOTEBOOK_NANO_STEPS, **overrides})
+    return settings_for_gpu(detect_gpu() or "A100-40GB", pretrained_model_name_or_path=model, **overrides)

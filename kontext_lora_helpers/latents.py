@@ -5,8 +5,8 @@ The path, with FLUX.1-Kontext-dev's sizes at 1024x1024 (nano's at 64x64 in brack
 1. pixels (B, 3, 1024, 1024) in [-1, 1]                    [(B, 3, 64, 64)]
 2. VAE encode, take the mode, shift and scale:
    ``z = (vae.encode(x).latent_dist.mode() - shift_factor) * scaling_factor``
-   -> latents (B, 16, 128, 128), roughly zero mean, unit variance   [(B, 16, 16, 16)]
-3. pack 2x2 patches into tokens: (B, 16, H, W) -> (B, H/2 * W/2, 64)  -> (B, 4096, 64)  [(B, 64, 64)]
+   -> latents (B, 16, 128, 128), roughly zero mean, unit variance   [(B, 16, 32, 32)]
+3. pack 2x2 patches into tokens: (B, 16, H, W) -> (B, H/2 * W/2, 64)  -> (B, 4096, 64)  [(B, 256, 64)]
 4. position ids, one (3,) row per token: ``(frame, row, col)``; the target image has frame 0, the
    Kontext condition (control) image frame 1, so the two share rows and columns but stay apart.
 

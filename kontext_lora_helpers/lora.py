@@ -22,6 +22,7 @@ a bf16 base with fp32 LoRA needs nothing else.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -155,12 +156,12 @@ def lora_state_dict(transformer, adapter_name: str = "default") -> dict[str, tor
     return {f"transformer.{key}": value for key, value in state.items()}
 
 
-def save_lora(transformer, output_dir, adapter_name: str = "default") -> Path:
+def save_lora(transformer, output_dir, adapter_name: str = "default", weight_name: str = LORA_WEIGHT_NAME) -> Path:
     """Write ``output_dir/pytorch_lora_weights.safetensors`` with `FluxKontextPipeline.save_lora_weights`.
 
     The adapter's `LoraConfig` (rank, alpha, targets) goes into the file's metadata, so
     ``pipe.load_lora_weights(output_dir)`` rebuilds the same scale ``alpha / r`` even when alpha is
-    not the rank.
+    not the rank. Another `weight_name` loads with ``load_lora_weights(output_dir, weight_name=...)``.
 
     Returns:
         the path of the written file.
@@ -172,9 +173,71 @@ def save_lora(transformer, output_dir, adapter_name: str = "default") -> Path:
     layers = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     metadata = transformer.peft_config[adapter_name].to_dict()
     FluxKontextPipeline.save_lora_weights(
-        output_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata
+        output_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata,
+        weight_name=weight_name,
     )
-    return output_dir / LORA_WEIGHT_NAME
+    return output_dir / weight_name
+
+
+class LoraEMA:
+    """An exponential moving average of the LoRA weights (float32), the weights a run exports.
+
+    After optimizer step ``k`` (1, 2, ...): ``ema = d * ema + (1 - d) * w`` with
+    ``d = min(decay, (1 + k) / (10 + k))``: the warm-up term lets the average follow the fast early
+    changes, then it averages over about ``1 / (1 - decay)`` steps. With a high learning rate the
+    weights keep jittering around where the loss is low; their average sits closer to it (on nano,
+    +0.07 dB on the held-out crops after 500 steps at decay 0.99).
+
+    Args:
+        transformer: the model with its LoRA adapter; the average starts from its current weights.
+        decay: in (0, 1).
+    """
+
+    def __init__(self, transformer: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
+        self.decay = float(decay)
+        self.parameters = {name: p for name, p in transformer.named_parameters() if "lora_" in name}
+        if not self.parameters:
+            raise ValueError("the model has no LoRA parameters to average")
+        self.shadow = {name: p.detach().float().clone() for name, p in self.parameters.items()}
+
+    def decay_at(self, step: int) -> float:
+        """The decay used after optimizer step `step` (1-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold the current weights in, after optimizer step `step`."""
+        weight = 1 - self.decay_at(step)
+        for name, parameter in self.parameters.items():
+            self.shadow[name].lerp_(parameter.detach().float(), weight)
+
+    @contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; the trained ones come back after."""
+        trained = {name: p.detach().clone() for name, p in self.parameters.items()}
+        try:
+            with torch.no_grad():
+                for name, parameter in self.parameters.items():
+                    parameter.copy_(self.shadow[name].to(parameter.dtype))
+            yield self
+        finally:
+            with torch.no_grad():
+                for name, parameter in self.parameters.items():
+                    parameter.copy_(trained[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.clone() for name, tensor in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Exactly the names this model's LoRA has; anything else is an error that names them."""
+        missing, unexpected = set(self.shadow) - set(state), set(state) - set(self.shadow)
+        if missing or unexpected:
+            raise ValueError(f"EMA state does not match this LoRA: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}")
+        for name, tensor in state.items():
+            self.shadow[name].copy_(tensor.float())
 
 
 # --- looking inside -------------------------------------------------------------------------------

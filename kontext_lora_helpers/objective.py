@@ -78,7 +78,7 @@ def calculate_shift(image_seq_len: int, scheduler_config=None) -> float:
     """The resolution-dependent shift `mu` FLUX's pipeline uses at inference (linear in token count).
 
     With FLUX's config (256 -> 0.5, 4096 -> 1.15): 4096 target tokens (1024 px) give 1.15, 1024
-    tokens (512 px) give 0.63, nano's 64 tokens give 0.47.
+    tokens (512 px) give 0.63, nano's 256 tokens (64 px) give 0.5.
     """
     config = dict(base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
     if scheduler_config is not None:

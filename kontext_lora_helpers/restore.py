@@ -100,7 +100,7 @@ class LoraLoadError(ValueError):
 
 
 def _model_geometry(pipe) -> tuple[int, int]:
-    """(native side, pixel multiple) of a pipeline: (64, 8) for nano, (1024, 16) for FLUX.1 Kontext."""
+    """(native side, pixel multiple) of a pipeline: (64, 4) for nano, (1024, 16) for FLUX.1 Kontext."""
     from .latents import pixel_multiple
     from .models import native_resolution
 
@@ -116,7 +116,7 @@ def working_size(width: int, height: int, native_side: int, multiple: int) -> tu
     scaled *up* to the native area: the model was trained there, and the pipeline itself would
     otherwise work at its default 1024x1024 area.
 
-    Example: nano (64, 8) turns 250x187 into 72x56; FLUX (1024, 16) turns 4000x3000 into 1168x880.
+    Example: nano (64, 4) turns 250x187 into 72x52; FLUX (1024, 16) turns 4000x3000 into 1168x880.
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive; got {width}x{height}")

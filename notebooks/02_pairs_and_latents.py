@@ -135,7 +135,8 @@ viz.image_grid([[real_pairs[i]["control"] for i in range(len(real_pairs))],
 # The pipeline encodes its condition image with `z = (mode(vae.encode(x)) - shift) * scale`: the
 # *mode* of the latent distribution (never a random sample), then a shift and a scale chosen so the
 # latents have roughly zero mean and unit variance. FLUX's VAE turns a 1024x1024 image into a
-# 16x128x128 latent (8x smaller per side); nano's turns 64x64 into 16x16x16 (4x smaller).
+# 16x128x128 latent (8x smaller per side); nano's turns 64x64 into 16x32x32 (2x smaller, so that
+# a VAE this small can keep the fine detail and the noise a restoration is judged on).
 
 # %%
 target = torch.stack([it["target"] for it in items])
@@ -171,7 +172,7 @@ viz.image_grid([list(target), list(reconstruction)], row_titles=["original", "VA
 # ## 6. From latents to tokens
 #
 # FLUX cuts the latent into 2x2 patches and flattens each into one token of 16 x 4 = 64 numbers.
-# A 16x16 latent becomes an 8x8 grid of 64 tokens. Each token gets a position id
+# A 32x32 latent becomes a 16x16 grid of 256 tokens. Each token gets a position id
 # `(frame, row, col)`: the target image is frame 0, Kontext's condition image is frame 1. Packing
 # loses nothing:
 

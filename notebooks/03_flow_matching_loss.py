@@ -115,8 +115,8 @@ print("(x_0.7 - x_0.3) / 0.4 == noise - x0:", torch.allclose((x_high - x_low) / 
 #
 # Each sample gets its own sigma. Uniform sampling wastes steps on the easy ends; the
 # **logit-normal** density (SD3, FLUX trainers) concentrates on the middle. At inference the
-# pipeline **shifts** its sigmas toward noise, more for more tokens (`calculate_shift`: mu = 0.47
-# for nano's 64 tokens, 1.15 for 1024 px). Training with the same shift trains the sigmas that
+# pipeline **shifts** its sigmas toward noise, more for more tokens (`calculate_shift`: mu = 0.5
+# for nano's 256 tokens, 1.15 for 1024 px). Training with the same shift trains the sigmas that
 # inference visits; diffusers' Kontext script does not.
 
 # %%

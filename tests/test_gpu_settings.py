@@ -7,7 +7,7 @@ import torch
 
 from kontext_lora_helpers import gpu_settings
 from kontext_lora_helpers.models import choose_device_and_dtype
-from kontext_lora_helpers.train import command_line, parse_args
+from kontext_lora_helpers.train import TrainConfig, command_line, parse_args
 
 
 def test_weight_memory_is_parameters_times_bytes():
@@ -48,3 +48,15 @@ def test_settings_table_has_a_row_per_gpu():
     table = gpu_settings.settings_table()
     assert table.count("\n") == len(gpu_settings.GPU_SETTINGS) + 1
     assert "| T4 | 16 GB | fp16 | nf4 | 512 px | 1 x 4 | 6.3 GB | 9-12 GB |" in table
+
+
+def test_notebook_settings_shorten_nano_and_pick_the_gpu_entry_otherwise(monkeypatch):
+    nano = gpu_settings.notebook_settings("nano", hr_root="data_samples", output_dir="outputs/nb")
+    assert nano.max_train_steps == gpu_settings.NOTEBOOK_NANO_STEPS < TrainConfig().max_train_steps
+    assert nano == TrainConfig(hr_root="data_samples", output_dir="outputs/nb", max_train_steps=gpu_settings.NOTEBOOK_NANO_STEPS)
+    monkeypatch.setattr(gpu_settings, "detect_gpu", lambda: "T4")
+    real = gpu_settings.notebook_settings("black-forest-labs/FLUX.1-Kontext-dev", hr_root="p", output_dir="o")
+    assert real == gpu_settings.settings_for_gpu("T4", hr_root="p", output_dir="o")
+    monkeypatch.setattr(gpu_settings, "detect_gpu", lambda: None)  # no GPU recognised: the A100's entry
+    assert gpu_settings.notebook_settings("some/model", hr_root="p", output_dir="o") == gpu_settings.settings_for_gpu(
+        "A100-40GB", pretrained_model_name_or_path="some/model", hr_root="p", output_dir="o")

@@ -51,7 +51,7 @@ def test_encode_matches_pipeline_condition_encoding(vae):
     x = torch.rand(2, 3, 32, 48) * 2 - 1
     expected = pipe._encode_vae_image(x, generator=None)
     assert torch.allclose(L.encode(pipe.vae, x), expected)
-    assert L.vae_scale_factor(pipe.vae) == 4 and L.pixel_multiple(pipe.vae) == 8
+    assert L.vae_scale_factor(pipe.vae) == 2 and L.pixel_multiple(pipe.vae) == 4
 
 
 def test_decode_inverts_shift_and_scale(vae):

@@ -157,3 +157,37 @@ def test_gradient_census_and_norm():
     assert census["lora with grad"] == lora_tensors and census["lora without grad"] == 0
     assert census["base with grad"] == 0 and census["base without grad"] > 0
     assert lora.lora_gradient_norm(transformer) > 0
+
+
+def test_ema_follows_the_recurrence_and_swaps_weights_in_and_out():
+    transformer = lora.add_lora(fresh_transformer(), rank=RANK)
+    ema = lora.LoraEMA(transformer, decay=0.9)
+    names = list(ema.parameters)
+    start = {name: p.detach().clone() for name, p in ema.parameters.items()}
+    assert [ema.decay_at(k) for k in (1, 2, 100)] == [2 / 11, 3 / 12, 0.9]  # warm-up, then the decay
+
+    # Three "optimizer steps" that set every LoRA weight to a known value; the average must be the
+    # hand-computed recurrence ema <- d ema + (1 - d) w.
+    expected = {name: start[name].clone() for name in names}
+    for step, value in enumerate((1.0, -2.0, 0.5), start=1):
+        with torch.no_grad():
+            for name in names:
+                ema.parameters[name].fill_(value)
+        ema.update(step)
+        d = ema.decay_at(step)
+        expected = {name: d * expected[name] + (1 - d) * value for name in names}
+    for name in names:
+        torch.testing.assert_close(ema.shadow[name], expected[name], rtol=0, atol=1e-6)
+
+    trained = {name: p.detach().clone() for name, p in ema.parameters.items()}
+    with ema.applied():
+        assert all(torch.equal(ema.parameters[name], ema.shadow[name]) for name in names)
+    assert all(torch.equal(ema.parameters[name], trained[name]) for name in names)  # restored exactly
+
+    copy = lora.LoraEMA(transformer, decay=0.9)
+    copy.load_state_dict(ema.state_dict())
+    assert all(torch.equal(copy.shadow[name], ema.shadow[name]) for name in names)
+    with pytest.raises(ValueError, match="does not match"):
+        copy.load_state_dict({"unrelated.lora_A": torch.zeros(1)})
+    with pytest.raises(ValueError, match="decay"):
+        lora.LoraEMA(transformer, decay=1.0)

@@ -70,7 +70,7 @@ def test_train_editor_updates_the_transformer_and_checkpoints(tmp_path):
     "flags, message",
     [
         (["--device", "nonsense"], "is not a device"),
-        (["--vae_crop_size", "30"], "--vae_crop_size must be a multiple"),
+        (["--vae_crop_size", "31"], "--vae_crop_size must be a multiple"),  # the VAE halves the sides
         (["--vae_degraded_fraction", "1.5"], "in [0, 1]"),
     ],
 )

@@ -18,9 +18,12 @@ from PIL import Image
 from kontext_lora_helpers import latents as latent_ops
 from kontext_lora_helpers import objective
 from kontext_lora_helpers.nano import build_nano_pipeline, nano_call_kwargs
+from kontext_lora_helpers.nano.model import VAE_CONFIG
 
 PROMPT = "Restore this degraded photograph to high fidelity"
 SIDE = 64
+LATENT_SIDE = SIDE // 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1)  # nano's VAE halves the sides
+TARGET_TOKENS = (LATENT_SIDE // 2) ** 2  # 2x2 latent patches per token
 GUIDANCE = 3.5
 
 
@@ -99,12 +102,12 @@ def assert_same_inputs(ours: dict, theirs: dict):
 
 
 def test_training_inputs_equal_pipeline_inputs_at_first_step(pipe, control_image):
-    noise = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=torch.Generator().manual_seed(1))
     calls, steps = run_pipeline_capturing(pipe, control_image, latent_ops.pack(noise), num_inference_steps=2)
     assert len(calls) == 2 and len(steps) == 2
 
     # The pipeline's schedule is linspace(1, 1/N, N) shifted with mu from the target token count.
-    num_target_tokens = (SIDE // 8) ** 2
+    num_target_tokens = TARGET_TOKENS
     mu = objective.calculate_shift(num_target_tokens, pipe.scheduler.config)
     expected = objective.shift_sigmas(torch.tensor(np.linspace(1.0, 1 / 2, 2), dtype=torch.float32), mu)
     torch.testing.assert_close(pipe.scheduler.sigmas[:-1], expected, rtol=0, atol=1e-6)
@@ -122,13 +125,13 @@ def test_training_inputs_equal_pipeline_inputs_at_first_step(pipe, control_image
 def test_training_inputs_equal_pipeline_inputs_at_a_shifted_sigma(pipe, control_image):
     """With a custom schedule the first sigma is < 1: our shift and our noisy path must agree."""
     raw_sigma = 0.6
-    mu = objective.calculate_shift((SIDE // 8) ** 2, pipe.scheduler.config)
+    mu = objective.calculate_shift(TARGET_TOKENS, pipe.scheduler.config)
     sigma = float(objective.shift_sigmas(torch.tensor([raw_sigma]), mu))
     assert raw_sigma < sigma < 1  # mu > 0 moves sigma toward noise
 
     generator = torch.Generator().manual_seed(2)
-    clean = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=generator)
-    noise = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=generator)
+    clean = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=generator)
+    noise = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=generator)
     noisy = objective.noisy_latents(clean, noise, torch.tensor([sigma]))
     calls, _ = run_pipeline_capturing(pipe, control_image, latent_ops.pack(noisy), sigmas=[raw_sigma, 0.2])
 
@@ -146,11 +149,11 @@ def test_training_inputs_equal_pipeline_inputs_at_a_shifted_sigma(pipe, control_
 
 
 def test_sliced_prediction_is_what_the_scheduler_consumes(pipe, control_image):
-    noise = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=torch.Generator().manual_seed(3))
     calls, steps = run_pipeline_capturing(pipe, control_image, latent_ops.pack(noise), num_inference_steps=2)
     sigma = float(pipe.scheduler.sigmas[0])
     ours, _ = our_inputs(pipe, control_image, noise, sigma)
-    num_target_tokens = (SIDE // 8) ** 2
+    num_target_tokens = TARGET_TOKENS
     with torch.no_grad():
         velocity = objective.predict_velocity(pipe.transformer, ours, num_target_tokens)
     assert velocity.shape == (1, num_target_tokens, 64)
@@ -257,7 +260,7 @@ def test_sample_sigmas_statistics():
     assert 0 < mode.min() and mode.max() < 1
 
     # The shift is monotone, so it moves the median exactly as calculate_shift predicts:
-    # median -> e^mu / (e^mu + 1), 0.76 for FLUX at 1024 px (4096 tokens), 0.62 for nano's 64 tokens.
+    # median -> e^mu / (e^mu + 1), 0.76 for FLUX at 1024 px (4096 tokens), 0.62 for nano's 256.
     for tokens in (64, 1024, 4096):
         mu = objective.calculate_shift(tokens)
         shifted = objective.sample_sigmas(20000, "logit_normal", shift=mu, generator=torch.Generator().manual_seed(0))
@@ -296,7 +299,7 @@ def test_step_rejects_bad_inputs_before_any_model_call(case):
 
 def test_encode_pair_rejects_bad_images_before_the_vae_runs():
     vae = MustNotRun()
-    vae.config = type("Config", (), {"block_out_channels": (16, 32, 64)})()  # nano: pixel multiple 8
+    vae.config = type("Config", (), {"block_out_channels": (16, 32, 64)})()  # a 4x VAE: pixel multiple 8
     good = torch.zeros(2, 3, 64, 64)
     with pytest.raises(ValueError, match="differ in size"):
         objective.encode_pair(vae, good, good[:1])
@@ -321,9 +324,9 @@ def test_unknown_sampling_and_weighting_names():
 def test_posterior_mean_trains_the_points_the_pipelines_sampler_visits(pipe, control_image):
     """While every prediction aims at one clean latent, FluxKontextPipeline's sampler moves on the
     straight line from the noise to it: the points `kontext_posterior_mean_step` trains on."""
-    noise = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(5))
-    aim = torch.randn(1, 16, SIDE // 4, SIDE // 4, generator=torch.Generator().manual_seed(6))
-    num_target_tokens = (SIDE // 8) ** 2
+    noise = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=torch.Generator().manual_seed(5))
+    aim = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=torch.Generator().manual_seed(6))
+    num_target_tokens = TARGET_TOKENS
     recorder = AimsAt(latent_ops.pack(aim))
 
     def aim_instead(module, args, kwargs, output):  # replace the nano transformer's prediction

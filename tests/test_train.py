@@ -27,6 +27,8 @@ from kontext_lora_helpers.degradations import DegradationConfig
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
 from kontext_lora_helpers.train import (
+    EMA_WEIGHT_NAME,
+    MODEL_RECIPES,
     ConfigError,
     TrainConfig,
     TrainingDiverged,
@@ -71,7 +73,7 @@ def lora_tensors(output_dir) -> dict[str, torch.Tensor]:
 # zero turns float rounding (a different summation order) into a visible, bounded change: at most
 # about one learning rate per step. Runs that split the same batch differently are compared within
 # 5% of one step's size; a resumed run repeats the very same operations and must match to 1e-6.
-SPLIT_WORK_TOLERANCE = 0.05 * TrainConfig().learning_rate
+SPLIT_WORK_TOLERANCE = 0.05 * MODEL_RECIPES["nano"]["learning_rate"]
 
 
 def assert_same_lora(first_dir, second_dir, atol=1e-6):
@@ -123,6 +125,12 @@ def test_defaults_fill_in_for_nano_and_the_config_round_trips_through_json(tmp_p
     config = parse_args([f"--hr_root={DATA}", f"--output_dir={tmp_path}", "--preset=old_photo", "--sigma_shift=0.8"])
     resolved = check_config(config)
     assert resolved.resolution == 64 and resolved.mixed_precision == "no" and resolved.sigma_shift == 0.8
+    # nano's recipe fills what was left unset; a flag given (the shift above) wins
+    assert (resolved.learning_rate, resolved.objective, resolved.crop_scale) == (3e-3, "posterior_mean", (0.25, 1.0))
+    flux = check_config(parse_args([f"--hr_root={DATA}", f"--output_dir={tmp_path / 'flux'}",
+                                    "--pretrained_model_name_or_path=black-forest-labs/FLUX.1-Kontext-dev"]))
+    assert (flux.resolution, flux.learning_rate, flux.objective, flux.sigma_shift, flux.crop_scale) == (
+        512, 1e-4, "flow_matching", "auto", (1.0, 1.0))
     assert resolved.degradation == DegradationConfig().__class__.from_dict(resolved.degradation.to_dict())
     path = resolved.save_json(tmp_path / "config.json")
     assert TrainConfig.load_json(path) == resolved
@@ -175,12 +183,14 @@ def test_another_runs_checkpoints_are_refused_unless_resuming(tmp_path):
         check_config(quick_config(tmp_path))
     check_config(quick_config(tmp_path, resume_from_checkpoint="latest"))  # resuming is allowed
     check_config(quick_config(tmp_path, learning_rate=5e-4, checkpointing_steps=7))  # bookkeeping may differ
-    # a checkpoint from before a setting existed ran with its default
+    # a checkpoint from before a setting existed ran with what the trainer did then (whole-side crops)
     del state["config"]["crop_scale"]
     (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
-    check_config(quick_config(tmp_path, learning_rate=5e-4))
+    check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0))
+    with pytest.raises(ConfigError, match="crop_scale"):
+        check_config(quick_config(tmp_path, learning_rate=5e-4))  # nano's recipe crops 1/4 to 1 now
     # the same photo folder spelled as a relative path is the same run
-    check_config(quick_config(tmp_path, learning_rate=5e-4, hr_root=os.path.relpath(other.hr_root)))
+    check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0, hr_root=os.path.relpath(other.hr_root)))
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         check_config(quick_config(tmp_path, resume_from_checkpoint="checkpoint-9"))
 
@@ -226,10 +236,23 @@ def test_a_run_writes_every_output(short_run):
     assert [v["step"] for v in short_run["validations"]] == [0, 2, 4]
 
 
+def test_the_exported_lora_is_the_weight_average(short_run):
+    """nano's recipe averages the LoRA weights: the exported file is the last checkpoint's average,
+    not its trained weights (which resuming continues from)."""
+    output_dir = short_run["output_dir"]
+    last = output_dir / "checkpoint-4"
+    exported, average = lora_tensors(output_dir), load_file(str(last / EMA_WEIGHT_NAME))
+    trained = load_file(str(last / LORA_WEIGHT_NAME))
+    assert exported.keys() == average.keys() == trained.keys()
+    assert all(torch.equal(exported[key], average[key]) for key in exported)
+    assert any(not torch.equal(exported[key], trained[key]) for key in exported)
+
+
 def test_the_saved_config_is_the_resolved_one_and_round_trips(short_run):
     saved = TrainConfig.load_json(short_run["output_dir"] / "training_config.json")
     assert saved == check_config(quick_config(short_run["output_dir"], validation_dir=None, validation_steps=2))
-    assert saved.resolution == 64 and saved.sigma_shift == "auto"
+    assert saved.resolution == 64 and saved.sigma_shift == MODEL_RECIPES["nano"]["sigma_shift"]
+    assert saved.objective == "posterior_mean" and saved.crop_scale == (0.25, 1.0)
 
 
 def test_the_lora_loads_with_diffusers_load_lora_weights(short_run):
@@ -349,7 +372,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(objective, "kontext_flow_matching_step", poisoned_step)
     with pytest.raises(TrainingDiverged, match=r"at step 3 .*checkpoint-2"):
-        train(quick_config(tmp_path, max_train_steps=5), progress_bar=False)
+        train(quick_config(tmp_path, max_train_steps=5, objective="flow_matching"), progress_bar=False)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
     assert not (tmp_path / LORA_WEIGHT_NAME).exists()
 

@@ -32,14 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--weights_dir", type=Path, default=WEIGHTS_DIR,
                        help="where the finished weights are written (default: the package's nano_weights/)")
     train.add_argument("--image_dirs", type=Path, nargs="*", default=None,
-                       help="photo folders to crop from (default: data_samples/ without held_out/, "
-                            "plus scikit-image's bundled photos when installed)")
-    train.add_argument("--vae_steps", type=int, default=3000)
-    train.add_argument("--vae_batch_size", type=int, default=16)
-    train.add_argument("--vae_learning_rate", type=float, default=2e-3)
-    train.add_argument("--vae_crop_size", type=int, default=64,
+                       help="photo folders to crop from (default: the ten data_samples/ photos nano was built from, "
+                            "NANO_PHOTOS, plus scikit-image's bundled photos when installed)")
+    train.add_argument("--vae_steps", type=int, default=4000)
+    train.add_argument("--vae_batch_size", type=int, default=32)
+    train.add_argument("--vae_learning_rate", type=float, default=1e-3)
+    train.add_argument("--vae_crop_size", type=int, default=32,
                        help="side of the VAE's training crops in pixels (it is fully convolutional)")
-    train.add_argument("--vae_degraded_fraction", type=float, default=0.0,
+    train.add_argument("--vae_degraded_fraction", type=float, default=0.5,
                        help="share of the VAE's training crops degraded first (Real-ESRGAN-style preset), "
                             "so that a copy through the VAE keeps noise and blur")
     train.add_argument("--editor_steps", type=int, default=2500)

@@ -1,8 +1,8 @@
 """Natural-image crops for training the nano VAE and the nano editor.
 
-The pool is every photo under the given folders (by default the course's `data_samples/`, without
-its `held_out/` folder) plus, when scikit-image is installed, the photographs bundled with it that are
-not among the held-out ones. Crops are taken at random scales (a 64-pixel window up to the whole
+The pool is, by default, the ten photos of the course's `data_samples/` that the shipped nano was
+built from (`NANO_PHOTOS`; the LoRA trains on every photo there), or every photo under the folders
+given; plus, when scikit-image is installed, the photographs bundled with it; never a held-out one. Crops are taken at random scales (a 64-pixel window up to the whole
 short side, resized to 64x64), flipped, rotated by multiples of 90 degrees and colour-jittered, so a
 handful of photos gives millions of distinct training images.
 """
@@ -32,6 +32,14 @@ _SKIMAGE_PHOTOS = (
 
 _STEM_ALIASES = {"ihc": "immunohistochemistry"}
 
+# The photos of `data_samples/` the shipped nano weights were trained on. Photos added to the folder
+# later are LoRA training data, like a real user's photos: nano never saw them, and a rebuild that
+# uses this list describes the shipped weights.
+NANO_PHOTOS = (
+    "astronaut.jpg", "brick.png", "camera.png", "coins.png", "grace_hopper.jpg", "grass.png", "gravel.png",
+    "hubble_deep_field.jpg", "immunohistochemistry.jpg", "rocket.jpg",
+)
+
 
 def held_out_stems(data_samples: Path = REPO_DATA_SAMPLES) -> set[str]:
     """File stems of the held-out photos, which no nano component may train on."""
@@ -40,13 +48,14 @@ def held_out_stems(data_samples: Path = REPO_DATA_SAMPLES) -> set[str]:
 
 
 def default_image_paths(image_dirs=None, use_skimage: bool = True) -> list[Path]:
-    """Training photos for nano: `image_dirs` (default `data_samples/` minus `held_out/`), plus
-    scikit-image's bundled photos when that package is installed. Held-out stems are excluded."""
-    if image_dirs is None:
-        image_dirs = [REPO_DATA_SAMPLES]
+    """Training photos for nano: every photo under `image_dirs` (without their `held_out/` folders),
+    or by default the `NANO_PHOTOS` of `data_samples/`; plus scikit-image's bundled photos when that
+    package is installed. Held-out stems are excluded."""
     excluded = held_out_stems()
     paths: list[Path] = []
-    for folder in map(Path, image_dirs):
+    if image_dirs is None:
+        paths += [REPO_DATA_SAMPLES / name for name in NANO_PHOTOS]
+    for folder in map(Path, image_dirs or ()):
         paths += list_images(folder, exclude=[folder / HELD_OUT_DIRNAME])
     if use_skimage:
         try:

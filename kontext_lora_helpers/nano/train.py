@@ -80,15 +80,15 @@ def degrade_some(pixels: torch.Tensor, fraction: float, rng: np.random.Generator
 def train_vae(
     components: dict,
     work_dir: Path,
-    steps: int = 3000,
-    batch_size: int = 16,
-    learning_rate: float = 2e-3,
+    steps: int = 4000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
     kl_weight: float = 1e-6,
     seed: int = 0,
     image_dirs=None,
     checkpoint_every: int = 250,
-    crop_size: int = 64,
-    degraded_fraction: float = 0.0,
+    crop_size: int = 32,
+    degraded_fraction: float = 0.5,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Train the nano VAE to reproduce natural-image crops, flaws included.

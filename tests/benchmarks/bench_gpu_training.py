@@ -580,7 +580,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = train.TrainConfig(
         pretrained_model_name_or_path="random FLUX.1 architecture", train_batch_size=args.batch_size,
-        rank=args.rank, learning_rate=1e-4, mixed_precision=setup.mixed_precision, gradient_checkpointing=True,
+        rank=args.rank, learning_rate=1e-4, objective="flow_matching", mixed_precision=setup.mixed_precision,
+        gradient_checkpointing=True,
         validation_dir="none", checkpointing_steps=0,
     )
     reference_args = reference.ReferenceArgs()

@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         pretrained_model_name_or_path="nano", hr_root=str(DATA_SAMPLES), resolution=RESOLUTION,
         train_batch_size=args.batch_size, rank=args.rank, mixed_precision="no", seed=args.seed,
         validation_dir="none", checkpointing_steps=0,
+        learning_rate=1e-4, objective="flow_matching",  # what the reference script does by default
     )
     reference_args = reference.ReferenceArgs()
     batches = draw_batches(config, args.warmup + args.steps)
