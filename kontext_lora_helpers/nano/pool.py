@@ -64,7 +64,7 @@ def default_image_paths(image_dirs=None, use_skimage: bool = True) -> list[Path]
             skimage_dir = Path(skimage.data.__file__).parent
             paths += [skimage_dir / name for name in _SKIMAGE_PHOTOS if (skimage_dir / name).exists()]
         except ImportError:
-            warnings.warn("scikit-image is not installed; training nano on data_samples/ only.", stacklevel=2)
+            warnings.warn("scikit-image is not installed; training nano on the given photos only.", stacklevel=2)
     unique: dict[str, Path] = {}
     for path in paths:  # data_samples/ holds reduced copies of some scikit-image photos: keep one
         stem = _STEM_ALIASES.get(path.stem, path.stem)
