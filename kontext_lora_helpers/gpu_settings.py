@@ -190,6 +190,7 @@ def notebook_settings(model: str, **overrides):
     from .models import is_nano
     from .train import TrainConfig
 
+    overrides = {**overrides, "pretrained_model_name_or_path": model}
     if is_nano(model):
-        return TrainConfig(pretrained_model_name_or_path=model, **{"max_train_steps": NOTEBOOK_NANO_STEPS, **overrides})
-    return settings_for_gpu(detect_gpu() or "A100-40GB", pretrained_model_name_or_path=model, **overrides)
+        return TrainConfig(**{"max_train_steps": NOTEBOOK_NANO_STEPS, **overrides})
+    return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)

@@ -16,7 +16,8 @@ One optimizer step, in order (each stage is a named function of `objective`, `lo
    (`objective.encode_pair`). Degradations are random every epoch, so nothing is cached here.
 2. **sample sigma**: one noise level per sample in (0, 1), logit-normal by default and shifted with
    the ``mu`` the pipeline uses for this many target tokens (`objective.sample_sigmas`,
-   `objective.calculate_shift`), so training visits the noise levels inference visits.
+   `objective.calculate_shift`), so training visits the noise levels inference visits; nano's
+   recipe shifts toward low noise instead (``--sigma_shift -1.5``, `MODEL_RECIPES`).
 3. **noise**: Gaussian noise shaped like the target latents, ``x_t = (1 - sigma) x0 + sigma noise``.
    Sigma and noise come from a generator seeded by (seed, epoch, sample index): the draw belongs to
    the sample, not to the step, the process or the batch it lands in.
@@ -65,7 +66,8 @@ Around the step:
   optimizer state, which is what DDP has; FSDP and DeepSpeed ZeRO shard it and are not supported.
 
 Outputs in ``--output_dir``: ``pytorch_lora_weights.safetensors`` (diffusers format, for
-``FluxKontextPipeline.load_lora_weights(output_dir)``), ``training_config.json``, ``loss_curve.png``,
+``FluxKontextPipeline.load_lora_weights(output_dir)``; the weight average when ``--ema_decay`` is
+on), ``training_config.json``, ``loss_curve.png``,
 ``metrics.json``, ``validation/step-NNNNNN.png`` grids, ``checkpoint-N/`` and, with
 ``--report_to tensorboard``, ``logs/``.
 """
@@ -546,6 +548,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(str(error)) from None
 
     recipe = MODEL_RECIPES["nano" if is_nano(config.pretrained_model_name_or_path) else "flux"]
+    # A resumed run keeps what it was started with, even if the recipe changed since.
+    resumed = _resumed_settings(config)
+    if resumed:
+        recipe = {name: resumed.get(name, _BEFORE_THE_SETTING_EXISTED.get(name, value)) for name, value in recipe.items()}
     changes: dict[str, Any] = {name: value for name, value in recipe.items() if getattr(config, name) is None}
     config = config.replace(**changes)
     try:
@@ -627,6 +633,19 @@ def check_config(config: TrainConfig) -> TrainConfig:
     resolved = config.replace(**changes)
     _check_output_dir(resolved)
     return resolved
+
+
+def _resumed_settings(config: TrainConfig) -> dict:
+    """The saved settings of the checkpoint `--resume_from_checkpoint` would continue, or {}."""
+    if not config.resume_from_checkpoint:
+        return {}
+    output_dir = Path(config.output_dir)
+    path = (latest_checkpoint(output_dir) if config.resume_from_checkpoint == "latest"
+            else _resolve_checkpoint_path(output_dir, config.resume_from_checkpoint))
+    state_file = path / CHECKPOINT_STATE_FILE if path is not None else None
+    if state_file is None or not state_file.is_file():
+        return {}
+    return json.loads(state_file.read_text()).get("config", {})
 
 
 def _defining_settings(config_dict: dict) -> dict:
@@ -819,8 +838,9 @@ def write_checkpoint(output_dir, step: int, transformer, optimizer, lr_scheduler
 
 
 def load_lora_weights_into(transformer, folder, weight_name: str = lora_ops.LORA_WEIGHT_NAME) -> None:
-    """Load ``folder/pytorch_lora_weights.safetensors`` (our diffusers-format file) into the
-    transformer's existing "default" adapter, exactly (float32 in, float32 out)."""
+    """Load ``folder/<weight_name>`` (our diffusers-format file, by default
+    ``pytorch_lora_weights.safetensors``) into the transformer's existing "default" adapter,
+    exactly (float32 in, float32 out)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 

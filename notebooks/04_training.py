@@ -29,7 +29,7 @@
 # 4. **What the run leaves behind**, and how to resume it.
 # 5. **The real model on a GPU**: settings and memory for a Colab T4, an L4 and an A100.
 #
-# On a CPU it trains nano Kontext for 150 steps in about two minutes (the README's command trains
+# On a CPU it trains nano Kontext for 150 steps in about a minute and a half (the README's command trains
 # the full 500 in about four). To train FLUX.1-Kontext-dev on a GPU, change `MODEL`; the settings
 # then come from the table of section 5 for the GPU that is present.
 
@@ -94,7 +94,8 @@ print(command_line(config))
 # Every optimizer step: encode the clean/degraded pair with the frozen VAE, draw a noise level per
 # sample, let the model estimate the clean image from pure noise, place the noisy target on the line
 # from that estimate to the noise, predict from there with the control tokens as context, and update
-# the LoRA only (notebook 03, section 8). Every 100 steps the run restores the held-out photos and
+# the LoRA only (notebook 03, section 8; that is nano's `posterior_mean` recipe, the real model
+# trains with plain flow matching). Every 100 steps the run restores the held-out photos and
 # measures them, and writes a checkpoint it can resume from.
 #
 # The loss per step jumps with the noise levels drawn for the batch; its moving average (dark line)
@@ -134,11 +135,13 @@ display(Markdown(metrics_table(metrics)))
 #
 # ## 4. What the run leaves behind
 #
-# * `pytorch_lora_weights.safetensors`: the LoRA in diffusers format, for
-#   `FluxKontextPipeline.load_lora_weights(OUTPUT_DIR)` (notebook 05 restores photos with it).
+# * `pytorch_lora_weights.safetensors`: the LoRA in diffusers format (for nano, the average of its
+#   weights), for `FluxKontextPipeline.load_lora_weights(OUTPUT_DIR)` (notebook 05 restores photos
+#   with it).
 # * `training_config.json`: every setting, so the run can be repeated.
 # * `metrics.json`, `loss_curve.png`, `validation/step-*.png`.
-# * `checkpoint-N/`: LoRA, optimizer, learning-rate schedule, random states and data position.
+# * `checkpoint-N/`: LoRA (and `ema_lora_weights.safetensors`, its average), optimizer,
+#   learning-rate schedule, random states and data position.
 
 # %%
 for path in sorted(OUTPUT_DIR.iterdir()):

@@ -145,6 +145,8 @@ REFUSALS = [
     (dict(resolution=72), "multiple of 16"),
     (dict(sigma_shift="sometimes"), "--sigma_shift"),
     (dict(objective="sharpest"), "--objective must be one of flow_matching, posterior_mean"),
+    (dict(ema_decay=1.0), "--ema_decay must be in"),
+    (dict(ema_decay=-0.1), "--ema_decay must be in"),
     (dict(pretrained_model_name_or_path="not/a/real/model/path"), "Unknown model"),
 ]
 if not HAS_CUDA:
@@ -189,8 +191,19 @@ def test_another_runs_checkpoints_are_refused_unless_resuming(tmp_path):
     check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0))
     with pytest.raises(ConfigError, match="crop_scale"):
         check_config(quick_config(tmp_path, learning_rate=5e-4))  # nano's recipe crops 1/4 to 1 now
+    # ... and without an average and with the flow-matching objective
+    del state["config"]["ema_decay"], state["config"]["objective"]
+    (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="ema_decay: 0.0 -> 0.99.*objective: 'flow_matching' -> 'posterior_mean'"):
+        check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0))
+    check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0, ema_decay=0, objective="flow_matching"))
+    # resuming that run keeps what it was started with where nothing is given, not today's recipe
+    resumed = check_config(quick_config(tmp_path, resume_from_checkpoint="latest"))
+    assert (resumed.learning_rate, resumed.objective, resumed.ema_decay, resumed.crop_scale) == (
+        5e-4, "flow_matching", 0.0, (1.0, 1.0))
     # the same photo folder spelled as a relative path is the same run
-    check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0, hr_root=os.path.relpath(other.hr_root)))
+    check_config(quick_config(tmp_path, learning_rate=5e-4, crop_scale=1.0, ema_decay=0, objective="flow_matching",
+                              hr_root=os.path.relpath(other.hr_root)))
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         check_config(quick_config(tmp_path, resume_from_checkpoint="checkpoint-9"))
 
@@ -442,11 +455,14 @@ def test_gradient_accumulation_gives_the_same_lora_as_a_larger_batch(batch_of_tw
 SLOW_TRAINING = """
 import sys, time
 from kontext_lora_helpers import objective, train
-original = objective.kontext_flow_matching_step
-def slow_step(*args, **kwargs):
-    time.sleep(0.4)  # leaves time to kill the process between two checkpoints
-    return original(*args, **kwargs)
-objective.kontext_flow_matching_step = slow_step
+def slowed(step):
+    def slow_step(*args, **kwargs):
+        time.sleep(0.4)  # leaves time to kill the process between two checkpoints
+        return step(*args, **kwargs)
+    return slow_step
+# both objectives (`objective_step` looks the function up when the run starts)
+objective.kontext_flow_matching_step = slowed(objective.kontext_flow_matching_step)
+objective.kontext_posterior_mean_step = slowed(objective.kontext_posterior_mean_step)
 sys.exit(train.main(sys.argv[1:]))
 """
 

@@ -87,11 +87,11 @@ VAE_CONFIG = dict(
 
 
 def zero_residual_branches(vae: AutoencoderKL) -> AutoencoderKL:
-    """Zero the last convolution of every ResNet block, so each block starts as the identity.
+    """Zero the last convolution of every ResNet block, so each block starts as its skip path.
 
-    A freshly initialised VAE then passes its input straight through the skip connections, and
-    training starts from a near-copy instead of noise (measured on a nano VAE: a faster start, the
-    same end point).
+    The residual branches then add nothing at first, and training starts from the plain chain of
+    input, down/up-sampling, shortcut and output convolutions instead of from a sum of random
+    branches (measured on a nano VAE: a faster start, the same end point).
     """
     for name, module in vae.named_modules():
         if "resnets" in name and name.endswith("conv2"):

@@ -2,9 +2,10 @@
 
 The pool is, by default, the ten photos of the course's `data_samples/` that the shipped nano was
 built from (`NANO_PHOTOS`; the LoRA trains on every photo there), or every photo under the folders
-given; plus, when scikit-image is installed, the photographs bundled with it; never a held-out one. Crops are taken at random scales (a 64-pixel window up to the whole
-short side, resized to 64x64), flipped, rotated by multiples of 90 degrees and colour-jittered, so a
-handful of photos gives millions of distinct training images.
+given; plus, when scikit-image is installed, the photographs bundled with it; never a held-out one.
+Crops are taken at random scales (an S-pixel window up to the whole short side, resized to SxS),
+flipped, rotated by multiples of 90 degrees and colour-jittered, so a handful of photos gives
+millions of distinct training images.
 """
 
 from __future__ import annotations
