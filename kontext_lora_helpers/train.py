@@ -549,7 +549,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
     recipe = MODEL_RECIPES["nano" if is_nano(config.pretrained_model_name_or_path) else "flux"]
     # A resumed run keeps what it was started with, even if the recipe changed since.
-    resumed = _resumed_settings(config)
+    resumed = _saved_settings(_checkpoint_to_resume(config))
     if resumed:
         recipe = {name: resumed.get(name, _BEFORE_THE_SETTING_EXISTED.get(name, value)) for name, value in recipe.items()}
     changes: dict[str, Any] = {name: value for name, value in recipe.items() if getattr(config, name) is None}
@@ -635,14 +635,19 @@ def check_config(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
-def _resumed_settings(config: TrainConfig) -> dict:
-    """The saved settings of the checkpoint `--resume_from_checkpoint` would continue, or {}."""
+def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names ('latest': the newest complete one), or None."""
     if not config.resume_from_checkpoint:
-        return {}
+        return None
     output_dir = Path(config.output_dir)
-    path = (latest_checkpoint(output_dir) if config.resume_from_checkpoint == "latest"
-            else _resolve_checkpoint_path(output_dir, config.resume_from_checkpoint))
-    state_file = path / CHECKPOINT_STATE_FILE if path is not None else None
+    if config.resume_from_checkpoint == "latest":
+        return latest_checkpoint(output_dir)
+    return _resolve_checkpoint_path(output_dir, config.resume_from_checkpoint)
+
+
+def _saved_settings(checkpoint: Path | None) -> dict:
+    """The config a checkpoint was written with, or {} (no checkpoint, or an incomplete one)."""
+    state_file = checkpoint / CHECKPOINT_STATE_FILE if checkpoint is not None else None
     if state_file is None or not state_file.is_file():
         return {}
     return json.loads(state_file.read_text()).get("config", {})
@@ -1313,12 +1318,11 @@ def train(
     progress = TrainingProgress()
     last_checkpoint: Path | None = None
     if config.resume_from_checkpoint:
-        path = (latest_checkpoint(output_dir) if config.resume_from_checkpoint == "latest"
-                else _resolve_checkpoint_path(output_dir, config.resume_from_checkpoint))
+        path = _checkpoint_to_resume(config)
         if path is None:
             say(f"No checkpoint in {output_dir} to resume from; starting a new run.")
         else:
-            saved_config = json.loads((path / CHECKPOINT_STATE_FILE).read_text()).get("config", {})
+            saved_config = _saved_settings(path)
             if _differences(saved_config, config.to_dict()):
                 say(f"Resuming with changed settings: {'; '.join(_differences(saved_config, config.to_dict()))}")
             progress = resume_from(path, transformer, optimizer, lr_scheduler, grad_scaler, ema)
