@@ -27,7 +27,7 @@ __all__ = ["VERBS", "fail", "main", "non_negative_int", "positive_int"]
 #: verb -> (module, one-line description)
 VERBS: dict[str, tuple[str, str]] = {
     "degrade": ("kontext_lora_helpers.degrade", "degrade photos and write PNGs with JSON records"),
-    "train": ("kontext_lora_helpers.train", "train a restoration LoRA (the seed's flags)"),
+    "train": ("kontext_lora_helpers.train", "train a restoration LoRA (the original guide's flags)"),
     "restore": ("kontext_lora_helpers.restore", "restore photos with a trained LoRA"),
     "evaluate": ("kontext_lora_helpers.evaluate", "measure restored images against references"),
     "export": ("kontext_lora_helpers.export", "convert LoRA weights for diffusers or ComfyUI"),

@@ -17,7 +17,7 @@ that lesson, and this module takes care of both:
 
 Two datasets share one item format (default ``torch`` collate stacks it into a batch):
 
-* :class:`DegDataset` (the seed's class) synthesises the control from clean photos with
+* :class:`DegDataset` (the original guide's class) synthesises the control from clean photos with
   ``degradations.py``;
 * :class:`PairedDataset` reads real pairs: a folder of degraded photos and a folder of clean ones,
   matched by relative path without extension (``scans/001.jpg`` <-> ``clean/001.png``).
@@ -27,7 +27,7 @@ Each item is a dict:
 ============  ======================================================================
 ``control``   degraded image, ``torch.float32`` (3, R, R), values in [-1, 1]
 ``target``    clean image, same shape, dtype and range, same crop and flip
-``prompts``   the text prompt (``str``; the seed's key name)
+``prompts``   the text prompt (``str``; the original guide's key name)
 ``record``    JSON text of the degradation record that made ``control`` (``"[]"`` for
               real pairs)
 ``path``      the clean image's file path (``str``); ``index``: the item index (``int``)
@@ -99,7 +99,7 @@ def check_resolution(resolution: int) -> int:
 
 def check_crop_scale(crop_scale: Any) -> tuple[float, float]:
     """``crop_scale`` as ``(low, high)``: the fraction of a photo's short side one training square
-    covers, drawn log-uniformly per item. ``1`` (the seed's behaviour) resizes the short side to the
+    covers, drawn log-uniformly per item. ``1`` (the original guide's behaviour) resizes the short side to the
     resolution and crops; ``(0.25, 1)`` also shows close-ups of a quarter of the short side."""
     if isinstance(crop_scale, str):
         crop_scale = [float(part) for part in crop_scale.split(",")]
@@ -251,7 +251,7 @@ def _config_property(name: str) -> property:
     return property(getter, setter, doc=f"``config.{name}`` (setting it replaces the config, validated).")
 
 
-_SEED_DEFAULTS = {
+_ORIGINAL_GUIDE_DEFAULTS = {
     "degradation_types": None,
     "lr_scale": 8,
     "noise_level": 0.05,
@@ -266,13 +266,13 @@ class DegDataset(_PairDatasetBase):
     Args:
         hr_data_root: folder of clean ("high resolution") photos, read recursively; unusable
             files are skipped with a warning each (see ``images.find_usable_images``).
-        instance_prompt: the text prompt of every item (the seed's ``--instance_prompt``).
-        lr_scale, noise_level, blur_radius, jpeg_quality: the seed's degradation parameters, each
-            a value or a ``(low, high)`` range.
+        instance_prompt: the text prompt of every item (the original guide's ``--instance_prompt``).
+        lr_scale, noise_level, blur_radius, jpeg_quality: the original guide's degradation
+            parameters, each a value or a ``(low, high)`` range.
         repeats: how many times each photo appears per epoch (``len = n_images * repeats``);
             repeats get different crops and degradations.
         degradation_types: comma string (``"downsample,noise,blur"``) or list; ``None`` = the
-            seed's four, ``"none"`` or ``[]`` = no degradation (control == target).
+            original guide's four, ``"none"`` or ``[]`` = no degradation (control == target).
         resolution: side of the square items in pixels; a multiple of 16.
         seed: base seed; item ``i`` of epoch ``e`` depends only on ``(seed, i, e)``.
         config: a complete :class:`DegradationConfig` (e.g. ``PRESETS["old_photo"]``) instead of
@@ -284,11 +284,11 @@ class DegDataset(_PairDatasetBase):
             instead of a random square.
         crop_scale: fraction of the short side a square covers, or a ``(low, high)`` range drawn
             per item (random-resized crops: more distinct training images from few photos); 1 is
-            the seed's whole-short-side square. Ignored with ``center_crop``.
+            a square of the whole short side. Ignored with ``center_crop``.
         **degradation_options: any other :class:`DegradationConfig` field, e.g.
             ``gray_noise_prob=0.4`` or ``fade_strength=(0.2, 0.6)``.
 
-    The seed's attribute names work as before (``dataset.lr_scale``, ``dataset.degradation_types``,
+    The original guide's attribute names work as before (``dataset.lr_scale``, ``dataset.degradation_types``,
     ...); they read ``dataset.config``, and assigning them replaces the config after validation.
     """
 
@@ -327,7 +327,7 @@ class DegDataset(_PairDatasetBase):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}; got {prompt_mode!r}")
 
-        seed_style = {
+        guide_style = {
             "degradation_types": degradation_types,
             "lr_scale": lr_scale,
             "noise_level": noise_level,
@@ -335,11 +335,11 @@ class DegDataset(_PairDatasetBase):
             "jpeg_quality": jpeg_quality,
         }
         if config is None:
-            config = DegradationConfig(**seed_style, **degradation_options)
+            config = DegradationConfig(**guide_style, **degradation_options)
         else:
             if not isinstance(config, DegradationConfig):
                 raise TypeError(f"config must be a DegradationConfig; got {type(config).__name__}")
-            both = [name for name, value in seed_style.items() if value != _SEED_DEFAULTS[name]]
+            both = [name for name, value in guide_style.items() if value != _ORIGINAL_GUIDE_DEFAULTS[name]]
             both += sorted(degradation_options)
             if both:
                 raise ValueError(
@@ -352,7 +352,7 @@ class DegDataset(_PairDatasetBase):
         self.prompt_mode = prompt_mode
         self.images: list[ImageInfo] = find_usable_images(self.hr_data_root, exclude)
         self._warn_about_small_images(self.images)
-        # Random source for the seed-style ``apply_degradation(img)`` calls (widgets, notebooks).
+        # Random source for the guide-style ``apply_degradation(img)`` calls (widgets, notebooks).
         self._preview_rng = np.random.default_rng(self.seed)
 
     @property
@@ -376,13 +376,13 @@ class DegDataset(_PairDatasetBase):
         return_record: bool = False,
         seed: None | int | np.random.Generator = None,
     ) -> Image.Image | tuple[Image.Image, list[dict[str, Any]]]:
-        """Degrade ``img`` with this dataset's config (the seed's method).
+        """Degrade ``img`` with this dataset's config (the original guide's method).
 
         Args:
             img: a PIL image of any size (converted to RGB).
             return_record: also return the degradation record.
             seed: ``None`` draws from the dataset's own generator (a different result each call,
-                like the seed); an int or Generator makes the call reproducible.
+                like the original guide's method); an int or Generator makes the call reproducible.
 
         Returns:
             The degraded 8-bit RGB image (same size), or ``(image, record)``.

@@ -4,7 +4,7 @@ A restoration LoRA is trained on pairs (degraded *control*, clean *target*). We 
 pairs, so we synthesise the degraded half. What the model can repair is exactly what we show it
 here, so this module is the first design decision of the course.
 
-The seed recipe has four operations, applied in this order (:data:`SEED_ORDER`):
+The original guide's recipe has four operations, applied in this order (:data:`ORIGINAL_GUIDE_ORDER`):
 
 ============  ================  =========================================================
 operation     parameter         meaning
@@ -22,8 +22,8 @@ image, and there are more operations (:data:`DEGRADATION_TYPES`): ``aniso_blur``
 rotated Gaussian), ``motion_blur`` (a line kernel), ``poisson_noise`` (shot noise that grows with
 brightness), gray (luminance-only) noise through ``gray_noise_prob``, and the old-photo family
 ``fade`` (washed-out colours and a colour cast), ``scratches`` (scratches and dust) and ``grain``
-(film grain). :data:`PRESETS` bundles them: ``"seed"``, a Real-ESRGAN-style second-order pipeline
-(``"realesrgan"``) and ``"old_photo"``.
+(film grain). :data:`PRESETS` bundles them: ``"original_guide"``, a Real-ESRGAN-style
+second-order pipeline (``"realesrgan"``) and ``"old_photo"``.
 
 The code follows BasicSR's split between *choosing* and *applying*:
 
@@ -60,9 +60,11 @@ __all__ = [
     "DEGRADATION_ORDERS",
     "DEGRADATION_TYPES",
     "OP_PARAMETERS",
+    "ORIGINAL_GUIDE_ORDER",
     "PARAMETER_SPECS",
     "PIPELINE_ORDER",
     "PRESETS",
+    "PRESET_ALIASES",
     "SEED_ORDER",
     "DegradationConfig",
     "ParameterSpec",
@@ -83,17 +85,19 @@ __all__ = [
     "config_from_args",
     "motion_blur_kernel",
     "parse_parameter",
+    "preset_name",
     "sample_degradation_steps",
 ]
 
 #: A parameter is either one value or an inclusive ``(low, high)`` range drawn per image.
 Parameter = float | int | tuple[float, float] | tuple[int, int]
 
-#: The seed's four operations in the seed's order.
-SEED_ORDER: tuple[str, ...] = ("downsample", "noise", "blur", "jpeg")
+#: The original guide's four operations in the guide's order.
+ORIGINAL_GUIDE_ORDER: tuple[str, ...] = ("downsample", "noise", "blur", "jpeg")
+SEED_ORDER = ORIGINAL_GUIDE_ORDER  # the old name, kept for existing imports
 
-#: Every operation name accepted in ``degradation_types`` (the seed's four first).
-DEGRADATION_TYPES: tuple[str, ...] = SEED_ORDER + (
+#: Every operation name accepted in ``degradation_types`` (the original guide's four first).
+DEGRADATION_TYPES: tuple[str, ...] = ORIGINAL_GUIDE_ORDER + (
     "aniso_blur",
     "motion_blur",
     "poisson_noise",
@@ -104,7 +108,7 @@ DEGRADATION_TYPES: tuple[str, ...] = SEED_ORDER + (
 
 #: The order used when ``degradation_order="fixed"`` (the default). It follows the life of an old
 #: photograph: the print fades, carries film grain and collects scratches; then it is captured
-#: (downsampled, noisy, blurred) and saved as a JPEG. The seed's four keep the seed's order.
+#: (downsampled, noisy, blurred) and saved as a JPEG. The original guide's four keep the guide's order.
 PIPELINE_ORDER: tuple[str, ...] = (
     "fade",
     "grain",
@@ -231,7 +235,7 @@ def _format_number(value: Any) -> str:
 
 def _normalize_types(value: Any) -> tuple[str, ...]:
     if value is None:
-        return SEED_ORDER
+        return ORIGINAL_GUIDE_ORDER
     if isinstance(value, str):
         text = value.strip()
         if text.lower() in ("", "none"):
@@ -312,9 +316,9 @@ class DegradationConfig:
     Attributes:
         degradation_types: operations to apply, a tuple of names from :data:`DEGRADATION_TYPES`
             (a comma string such as ``"downsample,noise"`` or ``"none"`` is accepted too).
-        lr_scale, noise_level, blur_radius, jpeg_quality: the seed's parameters and defaults.
-        degradation_order: ``"fixed"`` (:data:`PIPELINE_ORDER`, the seed's order for its four),
-            ``"listed"`` (as listed) or ``"shuffled"`` (random per image).
+        lr_scale, noise_level, blur_radius, jpeg_quality: the original guide's parameters and defaults.
+        degradation_order: ``"fixed"`` (:data:`PIPELINE_ORDER`, the original guide's order for
+            its four), ``"listed"`` (as listed) or ``"shuffled"`` (random per image).
         degradation_probabilities: probability of applying each listed operation (missing: 1).
         gray_noise_prob: probability that ``noise`` / ``poisson_noise`` is gray (the same value on
             all three channels, so only brightness is disturbed) instead of per channel colour noise.
@@ -327,7 +331,7 @@ class DegradationConfig:
     Change a field with :meth:`replace` (the result is validated): ``config.replace(noise_level=0.1)``.
     """
 
-    degradation_types: tuple[str, ...] = SEED_ORDER
+    degradation_types: tuple[str, ...] = ORIGINAL_GUIDE_ORDER
     lr_scale: Parameter = 8
     noise_level: Parameter = 0.05
     blur_radius: Parameter = 1.0
@@ -440,8 +444,8 @@ class DegradationConfig:
     def to_cli_flags(self) -> list[str]:
         """Command-line flags that rebuild this config in ``degrade`` or ``train``.
 
-        The seed's five flags are always written; the others only where they differ from the
-        defaults. ``config_from_args(parser.parse_args(config.to_cli_flags()))`` equals ``config``
+        The original guide's five flags are always written; the others only where they differ from
+        the defaults. ``config_from_args(parser.parse_args(config.to_cli_flags()))`` equals ``config``
         for a parser set up with :func:`add_degradation_arguments`. Join with ``shlex.join`` to
         print a shell command.
         """
@@ -592,10 +596,12 @@ def _convolve(image: Image.Image, kernel: np.ndarray) -> Image.Image:
 
 
 def apply_downsample(image: Image.Image, lr_scale: float) -> Image.Image:
-    """Shrink by ``lr_scale`` and enlarge back to the original size, both bicubic (the seed's op).
+    """Shrink by ``lr_scale`` and enlarge back to the original size, both bicubic (the original
+    guide's op).
 
-    The small size is ``(width // lr_scale, height // lr_scale)`` exactly as in the seed (at least
-    1 px); the way back goes to the *original* size so control and target stay pixel-aligned.
+    The small size is ``(width // lr_scale, height // lr_scale)`` exactly as in the original guide
+    (at least 1 px); the way back goes to the *original* size so control and target stay
+    pixel-aligned (the guide multiplies the small size by ``lr_scale`` instead).
     ``lr_scale`` 1 returns an identical copy; 8 keeps 1/64 of the pixels' worth of detail.
     """
     lr_scale = _check("lr_scale", lr_scale)
@@ -611,7 +617,8 @@ def apply_downsample(image: Image.Image, lr_scale: float) -> Image.Image:
 def apply_noise(
     image: Image.Image, noise_level: float, rng: np.random.Generator, gray: bool = False
 ) -> Image.Image:
-    """Add Gaussian noise with standard deviation ``noise_level`` on the 0-1 scale (the seed's op).
+    """Add Gaussian noise with standard deviation ``noise_level`` on the 0-1 scale (the original
+    guide's op).
 
     ``gray=False`` draws independent noise per channel (coloured speckles, like a phone sensor);
     ``gray=True`` adds the same value to R, G and B, which disturbs brightness only. Values are
@@ -652,7 +659,8 @@ def apply_poisson_noise(
 
 
 def apply_blur(image: Image.Image, blur_radius: float) -> Image.Image:
-    """Gaussian blur with standard deviation ``blur_radius`` pixels (PIL's radius, the seed's op).
+    """Gaussian blur with standard deviation ``blur_radius`` pixels (PIL's radius, the original
+    guide's op).
 
     PIL's ``GaussianBlur`` approximates the Gaussian with three box blurs, which is fast and within
     a fraction of a grey level of the exact kernel; ``blur_radius`` 0 returns a copy.
@@ -692,7 +700,7 @@ def apply_motion_blur(image: Image.Image, motion_blur_length: int, motion_blur_a
 
 
 def apply_jpeg(image: Image.Image, jpeg_quality: int) -> Image.Image:
-    """Save as JPEG at ``jpeg_quality`` (1-100) in memory and decode again (the seed's op).
+    """Save as JPEG at ``jpeg_quality`` (1-100) in memory and decode again (the original guide's op).
 
     This is the real codec, so the artifacts are the real ones: 8x8 blocking, ringing near edges
     and smeared colour (PIL's default 4:2:0 chroma subsampling). libjpeg is deterministic.
@@ -876,7 +884,8 @@ def _ordered_types(config: DegradationConfig, rng: np.random.Generator) -> list[
 
 
 def _draw_with_probability(probability: float, rng: np.random.Generator) -> bool:
-    # Certain outcomes draw nothing, so the seed pipeline consumes random numbers only for its noise.
+    # Certain outcomes draw nothing, so the original guide's pipeline consumes random numbers only
+    # for its noise.
     if probability >= 1.0:
         return True
     if probability <= 0.0:
@@ -890,7 +899,7 @@ def sample_degradation_steps(
     """Choose what will be done to one image: the record that :func:`apply_degradation_steps` applies.
 
     Args:
-        config: the recipe (``None`` = the seed's defaults).
+        config: the recipe (``None`` = the original guide's defaults).
         rng: a ``numpy.random.Generator`` (or an int seed / ``None`` for fresh entropy).
 
     Returns:
@@ -1002,7 +1011,7 @@ def apply_degradation(
 
     Args:
         image: PIL image (RGB, or anything :func:`kontext_lora_helpers.images.to_rgb` converts).
-        config: the recipe; ``None`` = the seed's defaults (``PRESETS["seed"]``).
+        config: the recipe; ``None`` = the original guide's defaults (``PRESETS["original_guide"]``).
         seed: ``None`` (different every call), an int (the same int gives byte-identical output)
             or a ``numpy.random.Generator`` (advanced by the call).
         **overrides: config fields to change for this call, e.g. ``noise_level=0.1``.
@@ -1026,18 +1035,21 @@ def apply_degradation(
 
 _REALESRGAN_TYPES = ("aniso_blur", "downsample", "noise", "poisson_noise", "jpeg")
 
-#: Ready-made recipes. ``"seed"``: the seed's four operations and defaults. ``"realesrgan"``:
-#: Real-ESRGAN's second-order pipeline (blur -> resize -> Gaussian *or* Poisson noise, 40% gray ->
-#: JPEG 30-95, twice, the second round milder and its blur skipped 20% of the time), adapted to
-#: pixel-aligned pairs: each resize goes down and back up, and the second round's stronger
-#: downsampling plays the role of Real-ESRGAN's final resize to 1/4. Real-ESRGAN's kernel families
-#: are approximated by one anisotropic Gaussian whose two sigmas are drawn independently (equal
-#: sigmas = isotropic), "Gaussian or Poisson" by two independent 50% chances, and the sinc
-#: (ringing) filter is left out. ``"old_photo"``:
-#: a faded, tinted, grainy, scratched and dusty print, scanned softly and saved as JPEG.
+#: Ready-made recipes. ``"original_guide"``: the original guide's four operations and defaults.
+#: ``"realesrgan"``: Real-ESRGAN's second-order pipeline (blur -> resize -> Gaussian *or* Poisson
+#: noise, 40% gray -> JPEG 30-95, twice, the second round milder and its blur skipped 20% of the
+#: time), adapted to pixel-aligned pairs: each resize goes down and back up, and the second
+#: round's stronger downsampling plays the role of Real-ESRGAN's final resize to 1/4. Real-ESRGAN's
+#: kernel families are approximated by one anisotropic Gaussian whose two sigmas are drawn
+#: independently (equal sigmas = isotropic), "Gaussian or Poisson" by two independent 50% chances,
+#: and the sinc (ringing) filter is left out. ``"old_photo"``: a faded, tinted, grainy, scratched
+#: and dusty print, scanned softly and saved as JPEG. ``"course"``: the one degradation the course
+#: trains and judges its LoRAs on (x2 down, noise 0.1, blur 0.5: the README's command, notebooks
+#: 04 and 05, ``nano check-lora``'s quality bar). ``"original_guide_command"``: the flags of the
+#: original guide's example command (x8, noise 0.03, blur 1.2; at nano's 64 px, an 8x8 image).
 #: ``"none"``: no degradation (control == target), a sanity check for the training loop.
 PRESETS: dict[str, DegradationConfig] = {
-    "seed": DegradationConfig(),
+    "original_guide": DegradationConfig(),
     "realesrgan": DegradationConfig(
         degradation_types=_REALESRGAN_TYPES,
         degradation_order="listed",
@@ -1078,8 +1090,22 @@ PRESETS: dict[str, DegradationConfig] = {
         blur_radius=(0.3, 1.5),
         jpeg_quality=(60, 95),
     ),
+    "course": DegradationConfig(
+        degradation_types=("downsample", "noise", "blur"), lr_scale=2, noise_level=0.1, blur_radius=0.5,
+    ),
+    "original_guide_command": DegradationConfig(
+        degradation_types=("downsample", "noise", "blur"), lr_scale=8, noise_level=0.03, blur_radius=1.2,
+    ),
     "none": DegradationConfig(degradation_types=()),
 }
+
+#: Old preset names that ``--preset`` and the explorer still accept, mapped to the current name.
+PRESET_ALIASES: dict[str, str] = {"seed": "original_guide"}  # "seed": the old name of the preset
+
+
+def preset_name(name: str) -> str:
+    """``name`` with an old preset name (:data:`PRESET_ALIASES`) replaced by the current one."""
+    return PRESET_ALIASES.get(name, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1138,7 +1164,7 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def add_degradation_arguments(
     parser: argparse.ArgumentParser, *, include_preset: bool = True
 ) -> argparse._ArgumentGroup:
-    """Add the degradation flags (the seed's names plus the extended ones) to ``parser``.
+    """Add the degradation flags (the original guide's names plus the extended ones) to ``parser``.
 
     Every flag defaults to ``None`` meaning "not given", so that :func:`config_from_args` can start
     from ``--preset`` and override only what was typed. Parameter flags take a number or a
@@ -1149,9 +1175,11 @@ def add_degradation_arguments(
     if include_preset:
         group.add_argument(
             "--preset",
+            type=preset_name,
             choices=sorted(PRESETS),
             default=None,
-            help="start from a ready-made recipe; the flags below override its fields (default: seed)",
+            help="start from a ready-made recipe; the flags below override its fields "
+            "(default: original_guide)",
         )
     group.add_argument(
         "--degradation_types",
@@ -1163,7 +1191,7 @@ def add_degradation_arguments(
         "--degradation_order",
         choices=DEGRADATION_ORDERS,
         default=None,
-        help="fixed: the pipeline order (seed order for the seed's four); listed: as listed; "
+        help="fixed: the pipeline order (the original guide's order for its four); listed: as listed; "
         "shuffled: random per image (default: fixed)",
     )
     group.add_argument(
@@ -1210,7 +1238,7 @@ def config_from_args(args: argparse.Namespace) -> DegradationConfig:
         ValueError: a value outside its valid range, an unknown type, malformed ``--second_order``.
     """
     preset = getattr(args, "preset", None)
-    base = PRESETS[preset] if preset else DegradationConfig()
+    base = PRESETS[preset_name(preset)] if preset else DegradationConfig()
     names = [
         "degradation_types",
         "degradation_order",

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .cli import fail
+from .fileio import write_atomically, write_json_atomically
 from .degradations import (
     DegradationConfig,
     add_degradation_arguments,
@@ -85,18 +83,6 @@ def degrade_image_file(source: Path, config: DegradationConfig, seed: int):
     degraded, record = apply_degradation_steps(clean, steps)
     return degraded, record, clean.size
 
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Save through a temporary file and rename, so an interrupted run leaves no half-written PNG."""
-    temporary = path.with_name(path.name + ".partial")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
-
-
-def _save_json(data: dict, path: Path) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         except UnusableImageError as error:  # changed on disk since it was checked
             return fail(str(error))
         image_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_png(degraded, image_path)
+        write_atomically(image_path, lambda temporary: degraded.save(temporary, format="PNG"))
         description = {
             "source": str(source),
             "output": image_path.name,
@@ -171,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": config.to_dict(),
             "cli_flags": config.to_cli_flags(),
         }
-        _save_json(description, record_path)
+        write_json_atomically(record_path, description)
     print(f"wrote {len(jobs)} degraded image(s) and their JSON records to {output_root}")
     return 0
 

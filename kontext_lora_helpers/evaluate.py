@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .fileio import write_text_atomically
 from .images import UnusableImageError, list_images, load_rgb
 
 __all__ = [
@@ -437,9 +438,7 @@ def write_reports(result: dict, output_dir: str | os.PathLike, overwrite: bool =
         writer.writerow(_csv_row(row["name"], row["size"], row["scores"], row["gains"], columns))
     writer.writerow(_csv_row("mean", None, result["mean"]["scores"], result["mean"]["gains"], columns))
     for path, text in ((csv_path, buffer.getvalue()), (json_path, json.dumps(_strict_json(result), indent=2) + "\n")):
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(text)
-        os.replace(temporary, path)
+        write_text_atomically(path, text)
     return csv_path, json_path
 
 

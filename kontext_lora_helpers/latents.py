@@ -17,7 +17,6 @@ the inputs inference builds; tests compare them against the pipeline.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -26,13 +25,25 @@ PATCH = 2
 
 
 def vae_scale_factor(vae) -> int:
-    """Pixels per latent cell along one side: 8 for FLUX's VAE, 4 for nano's."""
+    """Pixels per latent cell along one side: 8 for FLUX's VAE, 2 for nano's."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def pixel_multiple(vae) -> int:
-    """Image sides must be multiples of this (16 for FLUX, 8 for nano): VAE factor x 2x2 packing."""
+    """Image sides must be multiples of this (16 for FLUX, 4 for nano): VAE factor x 2x2 packing."""
     return vae_scale_factor(vae) * PATCH
+
+
+def token_count(latent_height: int, latent_width: int) -> int:
+    """Image tokens for latents of this size: one per 2x2 patch (`pack`)."""
+    return (latent_height // PATCH) * (latent_width // PATCH)
+
+
+def image_token_count(vae, height: int, width: int) -> int:
+    """Image tokens for a ``height`` x ``width`` pixel image: 4096 for FLUX at 1024x1024, 256 for
+    nano at 64x64. The sigma shift of FLUX's scheduler depends on it (`objective.calculate_shift`)."""
+    factor = vae_scale_factor(vae)
+    return token_count(height // factor, width // factor)
 
 
 def check_image_tensor(pixels: torch.Tensor, multiple: int, name: str = "image") -> None:
@@ -177,14 +188,11 @@ def latent_statistics(latents: torch.Tensor) -> dict:
     }
 
 
-def psnr_db(reconstruction: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR in dB between two image batches in [-1, 1] (computed on the [0, 1] scale, peak 1)."""
-    mse = ((reconstruction.clamp(-1, 1) - reference) / 2).pow(2).mean().item()
-    return float("inf") if mse == 0 else -10 * math.log10(mse)
-
-
 @torch.no_grad()
 def round_trip(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Encode then decode; returns the reconstruction (B, 3, H, W) in [-1, 1] and its PSNR in dB."""
+    """Encode then decode; returns the reconstruction (B, 3, H, W) in [-1, 1] and its PSNR in dB
+    (`metrics.psnr`: per image on 8-bit levels, then the mean)."""
+    from .metrics import psnr
+
     reconstruction = decode(vae, encode(vae, pixels)).clamp(-1, 1).to(pixels.dtype)
-    return reconstruction, psnr_db(reconstruction, pixels)
+    return reconstruction, psnr(reconstruction, pixels)

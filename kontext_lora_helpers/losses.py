@@ -10,8 +10,8 @@ and a frozen VGG16 compares its features with those of the clean target photo:
       -> VGG16 blocks ending at relu1_2, relu2_2, relu3_3, relu4_3
       -> L1 between input and target features, per block, weighted and summed
 
-This is the loss of the seed's `VGGPerceptualLoss` (the well-known "VGG perceptual loss in PyTorch"
-gist: the same four blocks, the same bilinear 224x224 resize, L1 between features).
+This is the loss of the original guide's `VGGPerceptualLoss` (the well-known "VGG perceptual loss
+in PyTorch" gist: the same four blocks, the same bilinear 224x224 resize, L1 between features).
 
 Why gate it by the noise level: at high sigma ``x_t`` is mostly noise, so the best a velocity
 predictor can do is return the *average* of the images compatible with it, and ``x0_hat`` is a
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import latents as latent_ops
+from .models import GUIDANCE_SCALE, hub_offline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,12 +52,8 @@ VGG16_BLOCK_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 
 GATES = ("linear", "threshold", "none")
 
-_OFFLINE_VALUES = ("1", "true", "yes", "on")
 
 
-def _offline_requested() -> bool:
-    """True when the environment asks for no downloads (HF_HUB_OFFLINE, as the tests set it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
 
 
 def imagenet_vgg16_checkpoint() -> tuple[str, Path]:
@@ -93,7 +90,7 @@ def load_imagenet_vgg16_features_state() -> dict:
     url, path = imagenet_vgg16_checkpoint()
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    if _offline_requested():
+    if hub_offline():
         raise RuntimeError(_missing_weights_message(f"{path} does not exist and HF_HUB_OFFLINE is set"))
     try:
         return torch.hub.load_state_dict_from_url(
@@ -139,7 +136,8 @@ def build_vgg16_blocks(weights: str | None = "imagenet", seed: int = 0) -> nn.Mo
 
 
 class VGGPerceptualLoss(nn.Module):
-    """L1 distance between VGG16 features of two image batches (the seed's perceptual loss).
+    """L1 distance between VGG16 features of two image batches (the original guide's perceptual
+    loss).
 
     Args:
         resize: resize both images to 224x224 (bilinear) before VGG, the scale VGG was trained at,
@@ -297,9 +295,10 @@ def perceptual_term(
 
     Why a gate. The gradient this term sends into ``v_hat`` is ``-sigma`` times its gradient on
     ``x0_hat``, so without a gate it is strongest where ``x0_hat`` can only be a blurry guess.
-    Measured on nano with `perceptual_loss_by_sigma` (4 held-out photos at 64x64, one fixed noise
-    draw, random-feature VGG at native size, nano VAE with a 22 dB round trip, and the best linear
-    denoiser `spectral_wiener_x0` standing in for a converged model): the loss above the VAE floor
+    Measured with `perceptual_loss_by_sigma` on the first nano (a 4x VAE with a 22 dB round trip; the
+    shipped nano's 2x VAE reconstructs at 36 dB, so its floor is lower), 4 held-out photos at 64x64,
+    one fixed noise draw, random-feature VGG at native size, and the best linear
+    denoiser `spectral_wiener_x0` standing in for a converged model: the loss above the VAE floor
     (0.074) is 0.002 at sigma 0.1, 0.020 at 0.3, 0.049 at 0.5, 0.086 at 0.7, 0.146 at 0.9 and
     0.173 at 1.0, where the estimate is the mean image. Over an even sigma grid, samples with
     sigma >= 0.6 carry 84% of the ungated term: mostly the blur any estimate from that much noise
@@ -351,7 +350,7 @@ def spectral_wiener_x0(
     return mean + torch.fft.ifft2(gain * torch.fft.fft2(centred)).real
 
 
-def transformer_x0_predictor(transformer, control_latents: torch.Tensor, text, guidance_scale: float | None = 3.5):
+def transformer_x0_predictor(transformer, control_latents: torch.Tensor, text, guidance_scale: float | None = GUIDANCE_SCALE):
     """A ``predict_x0(noisy_latents, sigmas) -> x0_hat_latents`` callable that runs the Kontext transformer.
 
     Args:
@@ -361,7 +360,7 @@ def transformer_x0_predictor(transformer, control_latents: torch.Tensor, text, g
 
     def predict_x0(noisy: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         inputs = objective.build_transformer_inputs(noisy, control_latents, text, sigmas, guidance_scale)
-        num_target_tokens = (noisy.shape[-2] // 2) * (noisy.shape[-1] // 2)
+        num_target_tokens = latent_ops.token_count(*noisy.shape[-2:])
         velocity = objective.predict_velocity(transformer, inputs, num_target_tokens)
         tokens = objective.x0_from_velocity(latent_ops.pack(noisy), sigmas, velocity)
         return latent_ops.unpack(tokens, *noisy.shape[-2:])

@@ -3,7 +3,7 @@
 Both metrics work on 8-bit pixel values (0-255) and need no downloaded weights:
 
 * **PSNR** (peak signal-to-noise ratio, dB): ``10 * log10(255^2 / MSE)``. Every 8-bit level of
-  error costs the same; +1 dB is about 11% less squared error. Identical images give ``inf``.
+  error costs the same; +1 dB is about 21% less squared error (a factor 10^-0.1). Identical images give ``inf``.
 * **SSIM** (structural similarity, Wang et al. 2004): compares local means, contrasts and
   correlations in an 11x11 Gaussian window (sigma 1.5), with ``C1 = (0.01 * 255)^2`` and
   ``C2 = (0.03 * 255)^2``; 1.0 for identical images, lower as structure is lost. Only windows that
@@ -19,13 +19,16 @@ Options shared by both, following the super-resolution literature:
 
 Accepted images (both arguments the same kind of size):
 
-* PIL images (converted to RGB);
+* PIL images (converted to RGB), or a list of same-size PIL images (a batch);
 * numpy arrays (H, W, 3) or (N, H, W, 3) holding 0-255 values (uint8 or float);
 * torch tensors (3, H, W) or (B, 3, H, W) in [-1, 1], the package's pixel convention. They are
   clamped and rounded to the 256 levels an image file would hold, so a tensor and the PNG saved from
   it score the same.
 
-For a batch the result is the mean of the per-image values (``reduction="none"`` gives the list).
+For a batch the result is the mean of the per-image values (``reduction="none"`` gives the list):
+PSNR per image first, then the mean, as BasicSR reports it (not the PSNR of the pooled squared
+error, which weights the worst images less). Every figure of the course is measured this way:
+training validation, ``nano check-lora``, nano's own figures, ``evaluate`` and the notebooks.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "to_pixel_array", "rgb_to_y", "gaussian_window"]
+__all__ = ["psnr", "ssim", "score_images", "to_pixel_array", "rgb_to_y", "gaussian_window"]
 
 PEAK = 255.0
 SSIM_WINDOW = 11
@@ -50,7 +53,7 @@ def to_pixel_array(image) -> np.ndarray:
     """Any accepted image or batch -> float64 array (N, H, W, 3) of 0-255 values.
 
     Args:
-        image: PIL image; numpy (H, W, 3) / (N, H, W, 3) with 0-255 values; torch (3, H, W) /
+        image: PIL image or list of them; numpy (H, W, 3) / (N, H, W, 3) with 0-255 values; torch (3, H, W) /
             (B, 3, H, W) in [-1, 1] (clamped, then rounded to 8-bit levels).
     """
     if isinstance(image, torch.Tensor):
@@ -62,6 +65,8 @@ def to_pixel_array(image) -> np.ndarray:
         return levels.permute(0, 2, 3, 1).double().numpy()
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return np.asarray(image.convert("RGB"), dtype=np.float64)[None]
+    if isinstance(image, (list, tuple)) and image and all(hasattr(item, "convert") for item in image):
+        return np.concatenate([to_pixel_array(item) for item in image])
     array = np.asarray(image, dtype=np.float64)
     if array.ndim == 3:
         array = array[None]
@@ -153,3 +158,22 @@ def ssim(a, b, *, y_channel: bool = False, crop_border: int = 0, reduction: str 
     """
     first, second = _prepare(a, b, y_channel, crop_border)
     return _reduce([_ssim_one(x, y) for x, y in zip(first, second)], reduction)
+
+
+def score_images(images, references) -> dict:
+    """PSNR and SSIM of each image against its reference, and their means.
+
+    Args:
+        images, references: equal-length sequences of images in any accepted form; each pair has
+            one size, pairs may differ.
+
+    Returns:
+        {"psnr": mean dB, "ssim": mean, "psnr_per_image": [...], "ssim_per_image": [...]}.
+    """
+    images, references = list(images), list(references)
+    if len(images) != len(references):
+        raise ValueError(f"{len(images)} images for {len(references)} references")
+    psnrs = [psnr(image, reference) for image, reference in zip(images, references)]
+    ssims = [ssim(image, reference) for image, reference in zip(images, references)]
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
+            "psnr_per_image": psnrs, "ssim_per_image": ssims}

@@ -32,7 +32,12 @@ from pathlib import Path
 import torch
 
 REAL_MODEL_ID = "black-forest-labs/FLUX.1-Kontext-dev"
-QUANTIZE_CHOICES = (None, "nf4", "int8")
+GUIDANCE_SCALE = 3.5
+"""FLUX.1 Kontext-dev's distilled guidance value: the pipeline's default, the value the guidance
+embedding is given in training and validation, and the one every restoration here uses."""
+QUANTIZE_CHOICES = ("none", "nf4", "int8")
+"""How the frozen transformer may be quantized: "none", "nf4" (bitsandbytes, CUDA) or "int8"
+(optimum-quanto, CPU too). `load_pipeline` also takes None for "none"."""
 _REAL_MAX_SEQUENCE_LENGTH = 512
 
 
@@ -140,10 +145,20 @@ def model_source(name_or_path: str) -> str:
     )
 
 
+def hub_offline() -> bool:
+    """True when downloads are switched off (``HF_HUB_OFFLINE``, as the tests set it), with
+    huggingface_hub's reading of the value. Read when called: `huggingface_hub.is_offline_mode`
+    reads it once at import, so a notebook or test that changes it later would not be followed."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ENV_VARS_TRUE_VALUES
+
+
 def _quantize_config(quantize: str | None, device: torch.device, compute_dtype: torch.dtype):
+    quantize = "none" if quantize is None else quantize
     if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"quantize must be one of None, 'nf4', 'int8'; got {quantize!r}.")
-    if quantize is None:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}; got {quantize!r}.")
+    if quantize == "none":
         return None
     if quantize == "nf4":
         if device.type != "cuda":
@@ -184,7 +199,7 @@ def load_pipeline(
     Args:
         name_or_path: "nano", a local diffusers folder, or a hub id (e.g. FLUX.1-Kontext-dev).
         device, dtype: see `choose_device_and_dtype`.
-        quantize: None, "nf4" (CUDA + bitsandbytes) or "int8" (optimum-quanto, CPU or GPU); applied
+        quantize: "none" (or None), "nf4" (CUDA + bitsandbytes) or "int8" (optimum-quanto, CPU or GPU); applied
             to the transformer only, through diffusers' quantization configs.
         vae_slicing, vae_tiling, text_encoder_offload: memory options (module docstring).
         local_files_only: never reach the hub; defaults to True when HF_HUB_OFFLINE is set.
@@ -200,7 +215,7 @@ def load_pipeline(
     choice = choose_device_and_dtype(device, dtype)
     quant_config = _quantize_config(quantize, choice.device, choice.dtype)
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        local_files_only = hub_offline()
 
     if source == "nano":
         from .nano import build_nano_pipeline

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from . import latents as latent_ops
+from .models import GUIDANCE_SCALE
 
 SIGMA_SCHEMES = ("uniform", "logit_normal", "mode")
 OBJECTIVES = ("flow_matching", "posterior_mean")
@@ -55,7 +56,7 @@ def encode_pair(vae, target_pixels: torch.Tensor, control_pixels: torch.Tensor):
 
     Args:
         target_pixels, control_pixels: (B, 3, H, W) float in [-1, 1]; sides multiples of
-            `latents.pixel_multiple(vae)` (16 for FLUX, 8 for nano). Kontext accepts a control of a
+            `latents.pixel_multiple(vae)` (16 for FLUX, 4 for nano). Kontext accepts a control of a
             different size than the target, but the two batches must have the same B.
 
     Returns:
@@ -174,7 +175,7 @@ def build_transformer_inputs(
     control_latents: torch.Tensor,
     text: PromptEmbeddings,
     sigmas: torch.Tensor,
-    guidance_scale: float | None = 3.5,
+    guidance_scale: float | None = GUIDANCE_SCALE,
 ) -> dict:
     """The keyword arguments `FluxKontextPipeline` passes to its transformer, for a training batch.
 
@@ -234,7 +235,8 @@ def loss_weighting(sigmas: torch.Tensor, scheme: str = "none") -> torch.Tensor:
 
 
 def flow_matching_loss(prediction: torch.Tensor, target: torch.Tensor, weighting: torch.Tensor) -> torch.Tensor:
-    """The seed's L2 loss per sample: mean over all but the batch dimension of w * (v_hat - v)^2.
+    """The original guide's L2 loss per sample: mean over all but the batch dimension of
+    w * (v_hat - v)^2.
 
     Returns:
         (B,) float32 losses; `.mean()` gives the batch loss.
@@ -299,7 +301,7 @@ def check_step_inputs(
 
 
 def predict_target_tokens(transformer, noisy_target_latents: torch.Tensor, control_latents: torch.Tensor,
-                          text: PromptEmbeddings, sigmas: torch.Tensor, guidance_scale: float | None = 3.5):
+                          text: PromptEmbeddings, sigmas: torch.Tensor, guidance_scale: float | None = GUIDANCE_SCALE):
     """Stages 4-5 for one noisy target: build the Kontext sequence and predict.
 
     Returns:
@@ -307,7 +309,7 @@ def predict_target_tokens(transformer, noisy_target_latents: torch.Tensor, contr
         both (B, N_t, 64).
     """
     inputs = build_transformer_inputs(noisy_target_latents, control_latents, text, sigmas, guidance_scale)
-    num_target_tokens = (noisy_target_latents.shape[-2] // 2) * (noisy_target_latents.shape[-1] // 2)
+    num_target_tokens = latent_ops.token_count(*noisy_target_latents.shape[-2:])
     return predict_velocity(transformer, inputs, num_target_tokens), inputs["hidden_states"][:, :num_target_tokens]
 
 
@@ -318,7 +320,7 @@ def kontext_flow_matching_step(
     text: PromptEmbeddings,
     sigmas: torch.Tensor,
     noise: torch.Tensor,
-    guidance_scale: float | None = 3.5,
+    guidance_scale: float | None = GUIDANCE_SCALE,
     weighting_scheme: str = "none",
 ) -> StepOutput:
     """Stages 3-7 in order: noise the target, build the Kontext sequence, predict, compare."""
@@ -339,7 +341,7 @@ def kontext_flow_matching_step(
 
 
 def sigma_one_estimate(transformer, control_latents: torch.Tensor, text: PromptEmbeddings, noise: torch.Tensor,
-                       guidance_scale: float | None = 3.5) -> torch.Tensor:
+                       guidance_scale: float | None = GUIDANCE_SCALE) -> torch.Tensor:
     """The model's clean estimate at sigma 1 from `noise`: where a sampler that starts at `noise` is
     headed after its first step. No graph (it is a target point, not a prediction to train).
 
@@ -363,7 +365,7 @@ def kontext_posterior_mean_step(
     text: PromptEmbeddings,
     sigmas: torch.Tensor,
     noise: torch.Tensor,
-    guidance_scale: float | None = 3.5,
+    guidance_scale: float | None = GUIDANCE_SCALE,
     weighting_scheme: str = "none",
 ) -> StepOutput:
     """The ``posterior_mean`` objective: same inputs and output as `kontext_flow_matching_step`.

@@ -1,7 +1,7 @@
 """Prompts for restoration: one fixed instruction, or one that says what went wrong.
 
-Kontext is an *editing* model: the prompt is an instruction about the control image. The seed
-trains with one fixed instruction for every pair ("Restore this degraded photograph to high
+Kontext is an *editing* model: the prompt is an instruction about the control image. The original
+guide trains with one fixed instruction for every pair ("Restore this degraded photograph to high
 fidelity"), so the LoRA has to work out from the pixels what to undo. Several restorers instead
 describe the degradation in the text, in words ("remove heavy noise") or numbers, which lets the
 user steer the repair at inference time ("only remove the JPEG artifacts").
@@ -9,7 +9,7 @@ user steer the repair at inference time ("only remove the JPEG artifacts").
 :func:`restoration_prompt` builds either kind from a degradation record (the list of dicts that
 ``degradations.sample_degradation_steps`` returns):
 
-* ``mode="plain"`` (the seed's behaviour, the default): the instance prompt, unchanged.
+* ``mode="plain"`` (the original guide's behaviour, the default): the instance prompt, unchanged.
 * ``mode="described"``: the instance prompt, a dash, and one binned phrase per kind of damage, e.g.
   ``"Restore this degraded photograph to high fidelity — remove noise, remove blur, undo 4x
   downsampling, remove JPEG artifacts"``. Levels are binned (``light`` / plain / ``heavy``) so the
@@ -31,7 +31,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_INSTANCE_PROMPT", "PROMPT_MODES", "describe_degradations", "restoration_prompt"]
 
-#: The seed's instance prompt.
+#: The original guide's instance prompt.
 DEFAULT_INSTANCE_PROMPT = "Restore this degraded photograph to high fidelity"
 
 #: Accepted values of ``mode``.
@@ -42,7 +42,8 @@ _POISSON_STD_PER_SCALE = math.sqrt(0.5 / 255.0)
 
 
 def _level(value: float, light_below: float, heavy_above: float) -> str:
-    """``"light "``, ``""`` or ``"heavy "`` for a strength; bins chosen so the seed defaults are plain."""
+    """``"light "``, ``""`` or ``"heavy "`` for a strength; bins chosen so the original guide's
+    defaults are plain."""
     if value < light_below:
         return "light "
     if value > heavy_above:
@@ -169,7 +170,7 @@ def restoration_prompt(
     Args:
         record: the degradation record of the pair (list of step dicts or JSON text); ignored in
             ``"plain"`` mode and may then be ``None``.
-        instance_prompt: the fixed instruction (the seed's ``--instance_prompt``).
+        instance_prompt: the fixed instruction (the original guide's ``--instance_prompt``).
         mode: ``"plain"`` (return ``instance_prompt``), ``"described"`` (binned phrases) or
             ``"numeric"`` (phrases with numbers); see the module docstring.
 

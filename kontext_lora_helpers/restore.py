@@ -13,21 +13,15 @@ From the command line (``kontext-lora restore`` is the same command)::
 
 How an image of any size is run:
 
-* **Whole image** (default): it is resized (Lanczos) to a *working size* that keeps its aspect
-  ratio, has about the model's native area (64x64 for nano, 1024x1024 for FLUX.1 Kontext) and
-  sides that are multiples of `latents.pixel_multiple` (8 for nano, 16 for FLUX: VAE factor x 2x2
-  token packing). The pipeline runs at exactly that size (`models.call_kwargs`), and the result is
-  resized back to the input's exact size, so a 250x187 photo comes back 250x187.
+* **Whole image** (default): through `inference.restore_batch` at a working size of about the
+  model's native area (see `inference`), then resized back to the input's exact size.
 * **Tiled** (``tile=True``, only for images larger than the native area): the image is cut into
   overlapping tiles of the native side at its *own* resolution, so no detail is lost to a
   downscale; the tiles are restored in batches and blended with a raised-cosine weight that falls
   towards each tile's edge, so neighbouring tiles fade into each other instead of meeting at a
   seam.
 
-Reproducibility: every image (and every tile) gets its own CPU generator seeded with ``seed``.
-So an image's result depends only on the image, the settings and the seed, not on the batch it
-shared or its position in a folder, and it equals a plain diffusers call
-``pipe(image=..., generator=torch.Generator().manual_seed(seed), ...)`` at the working size.
+Every image (and every tile) gets its own CPU generator seeded with ``seed`` (see `inference`).
 
 LoRAs are loaded with diffusers' ``pipe.load_lora_weights(path, adapter_name=...)`` and mixed with
 ``pipe.set_adapters(names, adapter_weights=scales)``. Each file is checked against the model first
@@ -45,12 +39,9 @@ overwritten unless ``--overwrite`` is given; unusable images in a folder are ski
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
-import json
 import math
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -58,21 +49,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .cli import fail, non_negative_int, positive_int
+from .fileio import write_atomically, write_json_atomically
 from .images import SkippedImageWarning, UnusableImageError, find_usable_images, load_rgb, validate_image
-from .lora import LORA_WEIGHT_NAME
+from .inference import (
+    default_num_inference_steps,
+    float_to_pil,
+    model_geometry,
+    restore_batch,
+    run_at_size,
+    working_size,
+)
+from .lora import LoraFileError, check_lora_fits
+from .models import GUIDANCE_SCALE
 from .prompts import DEFAULT_INSTANCE_PROMPT
 
 __all__ = [
-    "DEFAULT_GUIDANCE_SCALE",
-    "LoraLoadError",
     "TileLayout",
     "blend_window",
     "build_parser",
-    "check_lora_file",
     "default_num_inference_steps",
     "load_loras",
     "main",
@@ -84,185 +81,10 @@ __all__ = [
     "working_size",
 ]
 
-DEFAULT_GUIDANCE_SCALE = 3.5
-"""FLUX.1 Kontext-dev's distilled guidance value (the pipeline's default and the training default)."""
-
-_RESAMPLE = Image.Resampling.LANCZOS  # what diffusers' image processor uses for PIL inputs too
-
-
-class LoraLoadError(ValueError):
-    """A LoRA file cannot be used with this pipeline; the message names the file and the reason."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Sizes
-# ---------------------------------------------------------------------------------------------
-
-
-def _model_geometry(pipe) -> tuple[int, int]:
-    """(native side, pixel multiple) of a pipeline: (64, 4) for nano, (1024, 16) for FLUX.1 Kontext."""
-    from .latents import pixel_multiple
-    from .models import native_resolution
-
-    return native_resolution(pipe), pixel_multiple(pipe.vae)
-
-
-def working_size(width: int, height: int, native_side: int, multiple: int) -> tuple[int, int]:
-    """The (width, height) at which the model runs on a ``width`` x ``height`` image.
-
-    Sides are multiples of ``multiple`` (at least one multiple each), the area is at most
-    ``native_side ** 2``, and among the multiples just below and above the ideal sides the pair
-    whose aspect ratio is closest to the image's is taken (ties: the larger area). Small images are
-    scaled *up* to the native area: the model was trained there, and the pipeline itself would
-    otherwise work at its default 1024x1024 area.
-
-    Example: nano (64, 4) turns 250x187 into 72x52; FLUX (1024, 16) turns 4000x3000 into 1168x880.
-    """
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive; got {width}x{height}")
-    area = native_side * native_side
-    scale = math.sqrt(area / (width * height))
-    aspect = math.log(width / height)
-
-    def fit(side: float) -> int:
-        return max(multiple, math.floor(side / multiple) * multiple)
-
-    near_w = {fit(width * scale), fit(width * scale) + multiple}
-    near_h = {fit(height * scale), fit(height * scale) + multiple}
-    pairs = {(w, h) for w in near_w for h in near_h}
-    # The largest partner of each near side keeps very long or tall images inside the area.
-    pairs |= {(w, fit(area / w)) for w in near_w} | {(fit(area / h), h) for h in near_h}
-    fitting = [(w, h) for w, h in pairs if w * h <= area] or [(multiple, multiple)]
-    return min(fitting, key=lambda size: (abs(math.log(size[0] / size[1]) - aspect), -size[0] * size[1]))
-
-
-def default_num_inference_steps(pipe) -> int:
-    """The pipeline's own default number of denoising steps (28 for `FluxKontextPipeline`)."""
-    return int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
-
 
 # ---------------------------------------------------------------------------------------------
 # LoRAs
 # ---------------------------------------------------------------------------------------------
-
-
-def _lora_file(path: str | os.PathLike) -> Path:
-    """The .safetensors file meant by ``path``: the file itself, or a folder's LoRA file."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise LoraLoadError(f"LoRA weights {str(path)!r} do not exist (give the folder `train` wrote or its .safetensors file)")
-    if path.is_dir():
-        standard = path / LORA_WEIGHT_NAME
-        if standard.is_file():
-            return standard
-        found = sorted(path.glob("*.safetensors"))
-        if len(found) == 1:
-            return found[0]
-        what = "no .safetensors file" if not found else f"{len(found)} .safetensors files and no {LORA_WEIGHT_NAME}"
-        raise LoraLoadError(f"LoRA folder {str(path)!r} holds {what}; give the file itself")
-    if path.suffix.lower() != ".safetensors":
-        raise LoraLoadError(f"LoRA weights {str(path)!r} are not a .safetensors file")
-    return path
-
-
-_DIFFUSERS_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight")
-
-
-def _base_linear(module):
-    """The plain linear layer inside a module (peft wraps an adapted one as ``base_layer``)."""
-    return getattr(module, "base_layer", module)
-
-
-def check_lora_file(pipe, path: str | os.PathLike) -> dict:
-    """Check that a LoRA file fits this pipeline's transformer before anything is loaded.
-
-    Files in diffusers' format (keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``,
-    as `lora.save_lora` and the training command write) are checked in full: every module must
-    exist in the transformer and be a linear layer, ``lora_A`` must be (rank, in_features) and
-    ``lora_B`` (out_features, rank) with one rank per module, equal to the rank in the file's
-    metadata when it records one. Other layouts (kohya, ComfyUI) are left to diffusers' converters.
-
-    Returns:
-        {"file": str, "format": "diffusers" | "other", "layers": int, "ranks": sorted list of int}
-
-    Raises:
-        LoraLoadError: missing or unreadable file, a file for another architecture, module names
-            the model lacks, shapes or ranks that do not fit; the message names the file.
-    """
-    from safetensors import safe_open
-
-    file = _lora_file(path)
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as error:  # noqa: BLE001 - safetensors raises several types for a bad header
-        raise LoraLoadError(f"{file}: not a readable safetensors file ({type(error).__name__}: {error})") from None
-    if not shapes:
-        raise LoraLoadError(f"{file}: the file holds no tensors")
-
-    transformer_keys = [key for key in shapes if key.startswith("transformer.")]
-    other_layouts = [key for key in shapes if key.startswith(("lora_unet_", "diffusion_model.", "lora_transformer_"))]
-    if not transformer_keys and not other_layouts:
-        prefixes = sorted({key.split(".")[0] for key in shapes})[:4]
-        raise LoraLoadError(
-            f"{file}: no weights for a FLUX transformer (keys start with {', '.join(map(repr, prefixes))}); "
-            "is it a LoRA for another architecture (Stable Diffusion, SDXL, ...)?"
-        )
-    if other_layouts or not all(_DIFFUSERS_KEY.fullmatch(key) for key in transformer_keys):
-        return {"file": str(file), "format": "other", "layers": None, "ranks": []}
-
-    layers: dict[str, dict[str, tuple]] = {}
-    for key in transformer_keys:
-        match = _DIFFUSERS_KEY.fullmatch(key)
-        layers.setdefault(match["module"], {})[match["part"]] = shapes[key]
-
-    try:
-        adapter_config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    except json.JSONDecodeError:
-        adapter_config = {}
-    # A per-layer rank_pattern overrides "r", so "r" is only a rule when there is none.
-    metadata_rank = None if not isinstance(adapter_config, dict) or adapter_config.get("rank_pattern") else adapter_config.get("r")
-
-    transformer = pipe.transformer
-    missing, misfits, ranks = [], [], set()
-    for name, parts in sorted(layers.items()):
-        if set(parts) != {"A", "B"}:
-            misfits.append(f"{name}: only lora_{''.join(parts)} is present")
-            continue
-        try:
-            linear = _base_linear(transformer.get_submodule(name))
-        except AttributeError:
-            missing.append(name)
-            continue
-        if not isinstance(linear, torch.nn.Linear):
-            misfits.append(f"{name} is a {type(linear).__name__}, not a linear layer")
-            continue
-        shape_a, shape_b = parts["A"], parts["B"]
-        if len(shape_a) != 2 or len(shape_b) != 2 or shape_a[0] != shape_b[1]:
-            misfits.append(f"{name}: rank mismatch inside the file, lora_A {shape_a} vs lora_B {shape_b}")
-            continue
-        if metadata_rank is not None and shape_a[0] != metadata_rank:
-            misfits.append(f"{name}: rank {shape_a[0]} but the file's metadata says rank {metadata_rank}")
-            continue
-        if shape_a[1] != linear.in_features or shape_b[0] != linear.out_features:
-            misfits.append(
-                f"{name}: the file adapts a {shape_a[1]} -> {shape_b[0]} layer, this model's is "
-                f"{linear.in_features} -> {linear.out_features}"
-            )
-            continue
-        ranks.add(shape_a[0])
-    if missing:
-        raise LoraLoadError(
-            f"{file}: {len(missing)} of its {len(layers)} layers do not exist in this model's transformer "
-            f"(e.g. {missing[0]!r}); it was trained for another model (FLUX.1-Kontext-dev and nano differ)"
-        )
-    if misfits:
-        raise LoraLoadError(
-            f"{file}: does not fit this model's transformer ({len(misfits)} layer(s)), e.g. {misfits[0]}; "
-            "it was trained for another model or its file is damaged"
-        )
-    return {"file": str(file), "format": "diffusers", "layers": len(layers), "ranks": sorted(ranks)}
 
 
 def _present_adapters(pipe) -> set[str]:
@@ -283,7 +105,7 @@ def load_loras(pipe, lora_weights: Sequence[str | os.PathLike], lora_scales: Seq
         One dict per LoRA: {"path", "file", "adapter_name", "scale", "format", "layers", "ranks"}.
 
     Raises:
-        LoraLoadError: see `check_lora_file`, plus diffusers' own refusal re-raised with the file
+        LoraFileError: see `lora.check_lora_fits`, plus diffusers' own refusal re-raised with the file
             name, or a file that adapted no layer. Every file is checked before any is loaded, and
             a failure while loading removes the adapters this call added.
         ValueError: the number of scales differs from the number of LoRAs.
@@ -299,7 +121,7 @@ def load_loras(pipe, lora_weights: Sequence[str | os.PathLike], lora_scales: Seq
             pipe.disable_lora()
         return []
 
-    checks = [check_lora_file(pipe, path) for path in lora_weights]  # all files are checked before any loads
+    checks = [check_lora_fits(pipe.transformer, path) for path in lora_weights]  # all files are checked before any loads
     loaded: list[dict] = []
 
     def refuse(message: str, cause: Exception | None = None):
@@ -309,7 +131,7 @@ def load_loras(pipe, lora_weights: Sequence[str | os.PathLike], lora_scales: Seq
         for name in added:
             if name in present:
                 pipe.delete_adapters(name)
-        raise LoraLoadError(message) from cause
+        raise LoraFileError(message) from cause
 
     for index, (path, check, scale) in enumerate(zip(lora_weights, checks, scales)):
         present = _present_adapters(pipe)
@@ -328,86 +150,6 @@ def load_loras(pipe, lora_weights: Sequence[str | os.PathLike], lora_scales: Seq
     pipe.enable_lora()  # an earlier call without LoRAs may have disabled the adapters
     pipe.set_adapters([entry["adapter_name"] for entry in loaded], adapter_weights=[entry["scale"] for entry in loaded])
     return loaded
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the pipeline
-# ---------------------------------------------------------------------------------------------
-
-
-def _generators(seed: int, count: int) -> list[torch.Generator]:
-    """One CPU generator per image, all seeded with ``seed`` (see the module docstring)."""
-    return [torch.Generator().manual_seed(int(seed)) for _ in range(count)]
-
-
-@torch.no_grad()
-def _run_at_size(pipe, images: Sequence[Image.Image], prompt: str, num_inference_steps: int,
-                 guidance_scale: float, seed: int) -> np.ndarray:
-    """One pipeline call on same-size RGB images whose sides already fit the model.
-
-    Returns:
-        float32 array (B, H, W, 3) in [0, 1], H and W the images' own size.
-    """
-    from .models import call_kwargs
-
-    width, height = images[0].size
-    return pipe(
-        image=list(images),
-        prompt=[prompt] * len(images),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        generator=_generators(seed, len(images)),
-        output_type="np",
-        **call_kwargs(pipe, height, width),
-    ).images
-
-
-def _to_pil(pixels: np.ndarray) -> Image.Image:
-    """(H, W, 3) float in [0, 1] -> 8-bit RGB, rounded the way diffusers' ``numpy_to_pil`` rounds."""
-    return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))
-
-
-def _check_same_size(images: Sequence[Image.Image]) -> tuple[int, int]:
-    if not images:
-        raise ValueError("no images given")
-    sizes = {image.size for image in images}
-    if len(sizes) != 1:
-        raise ValueError(f"restore_batch needs images of one size; got {sorted(sizes)} (use restore_images)")
-    return images[0].size
-
-
-def restore_batch(
-    pipe,
-    images: Sequence[Image.Image],
-    prompt: str = DEFAULT_INSTANCE_PROMPT,
-    num_inference_steps: int | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    seed: int = 0,
-) -> list[Image.Image]:
-    """Restore same-size images whole, in one pipeline call.
-
-    Args:
-        pipe: a `FluxKontextPipeline` with whatever LoRAs are active (`load_loras`).
-        images: PIL images of one size (any mode; converted to RGB).
-        prompt: the instruction (default: the course's instance prompt).
-        num_inference_steps: denoising steps; None means the pipeline's default (28).
-        guidance_scale: FLUX's distilled guidance (3.5).
-        seed: seeds each image's own noise generator.
-
-    Returns:
-        8-bit RGB PIL images of the input size (resized from the working size with Lanczos).
-    """
-    width, height = _check_same_size(images)
-    native, multiple = _model_geometry(pipe)
-    run_w, run_h = working_size(width, height, native, multiple)
-    steps = default_num_inference_steps(pipe) if num_inference_steps is None else int(num_inference_steps)
-    inputs = [image.convert("RGB") for image in images]
-    if (run_w, run_h) != (width, height):
-        inputs = [image.resize((run_w, run_h), _RESAMPLE) for image in inputs]
-    outputs = [_to_pil(pixels) for pixels in _run_at_size(pipe, inputs, prompt, steps, guidance_scale, seed)]
-    if (run_w, run_h) != (width, height):
-        outputs = [image.resize((width, height), _RESAMPLE) for image in outputs]
-    return outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +256,7 @@ def _restore_tiled(image: Image.Image, layout: TileLayout, run_tiles: Callable[[
     restored: list[np.ndarray] = []
     for start in range(0, len(crops), batch_size):
         restored.extend(run_tiles(crops[start:start + batch_size]))
-    return _to_pil(blend_tiles(layout, restored, *image.size))
+    return float_to_pil(blend_tiles(layout, restored, *image.size))
 
 
 def restore_image(
@@ -522,7 +264,7 @@ def restore_image(
     image: Image.Image,
     prompt: str = DEFAULT_INSTANCE_PROMPT,
     num_inference_steps: int | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    guidance_scale: float = GUIDANCE_SCALE,
     seed: int = 0,
     tile: bool = False,
     tile_overlap: int | None = None,
@@ -538,13 +280,14 @@ def restore_image(
         batch_size: tiles per pipeline call.
     """
     image = image.convert("RGB")
-    native, multiple = _model_geometry(pipe)
+    native, multiple = model_geometry(pipe)
     layout = plan_tiles(*image.size, native, multiple, tile_overlap) if tile else None
     if layout is None:
         return restore_batch(pipe, [image], prompt, num_inference_steps, guidance_scale, seed)[0]
     steps = default_num_inference_steps(pipe) if num_inference_steps is None else int(num_inference_steps)
     return _restore_tiled(
-        image, layout, lambda tiles: _run_at_size(pipe, tiles, prompt, steps, guidance_scale, seed), max(1, batch_size)
+        image, layout, lambda tiles: run_at_size(pipe, tiles, [prompt] * len(tiles), steps, guidance_scale, seed),
+        max(1, batch_size),
     )
 
 
@@ -553,7 +296,7 @@ def restore_images(
     images: Sequence[Image.Image],
     prompt: str = DEFAULT_INSTANCE_PROMPT,
     num_inference_steps: int | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    guidance_scale: float = GUIDANCE_SCALE,
     seed: int = 0,
     tile: bool = False,
     tile_overlap: int | None = None,
@@ -564,7 +307,7 @@ def restore_images(
     input's size; each equals `restore_image` on it alone (the noise is per image)."""
     results: list[Image.Image | None] = [None] * len(images)
     whole: dict[tuple[int, int], list[int]] = {}
-    native, multiple = _model_geometry(pipe)
+    native, multiple = model_geometry(pipe)
     for index, image in enumerate(images):
         if tile and plan_tiles(*image.size, native, multiple, tile_overlap) is not None:
             results[index] = restore_image(pipe, image, prompt, num_inference_steps, guidance_scale, seed,
@@ -604,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default=DEFAULT_INSTANCE_PROMPT, help="the restoration instruction")
     parser.add_argument("--num_inference_steps", type=positive_int, default=None,
                         help="denoising steps; None means the pipeline's own default (28)")
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of every image's noise")
     parser.add_argument("--tile", action="store_true",
                         help="restore images larger than the model's native area tile by tile at full resolution")
@@ -618,13 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", default=None, choices=["nf4", "int8"], help="quantize the base transformer (nf4 needs CUDA and bitsandbytes)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
-
-
-def _save_atomically(write: Callable[[Path], None], path: Path) -> None:
-    """Write through a temporary file and rename, so an interrupted run leaves no half-written file."""
-    temporary = path.with_name(path.name + ".partial")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def _collect_sources(source_root: Path, output_root: Path) -> list[tuple[Path, str]]:
@@ -690,10 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(args.pretrained_model_name_or_path, device=choice.device, dtype=choice.dtype,
                              quantize=args.quantize)
         loras = load_loras(pipe, args.lora_weights, args.lora_scale)
-    except (ModelLoadError, LoraLoadError, ValueError) as error:
+    except (ModelLoadError, LoraFileError, ValueError) as error:
         return fail(str(error))
 
-    native, multiple = _model_geometry(pipe)
+    native, multiple = model_geometry(pipe)
     steps = default_num_inference_steps(pipe) if args.num_inference_steps is None else args.num_inference_steps
     settings = {
         "model": args.pretrained_model_name_or_path,
@@ -717,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     def finish(job, image, restored, layout) -> None:
         source, relative, image_path, record_path = job
         image_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomically(lambda temporary: restored.save(temporary, format="PNG"), image_path)
+        write_atomically(image_path, lambda temporary: restored.save(temporary, format="PNG"))
         record = {
             "source": str(source),
             "output": image_path.name,
@@ -728,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                        **(layout.to_dict() if layout else {})},
             **settings,
         }
-        _save_atomically(lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n"), record_path)
+        write_json_atomically(record_path, record)
 
     def flush() -> None:
         if pending:

@@ -21,9 +21,9 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from . import viz
-from .data import check_resolution, pil_to_tensor
+from .data import check_resolution
 from .degradations import OP_PARAMETERS, DegradationConfig, apply_degradation
-from .latents import psnr_db
+from .metrics import psnr
 
 __all__ = [
     "SweepPoint",
@@ -89,12 +89,12 @@ def zoom_box(
 def image_psnr(degraded: Image.Image, clean: Image.Image) -> float:
     """PSNR in dB of ``degraded`` against ``clean`` (same size, 8-bit RGB; peak 255, all channels).
 
-    ``inf`` for identical images; every 6 dB less means the error's amplitude doubled. The same
-    measure notebook 02 uses for the VAE round trip (``latents.psnr_db``).
+    ``inf`` for identical images; every 6 dB less means the error's amplitude doubled. The one
+    PSNR of the course (`metrics.psnr`), which also scores the VAE round trip and every restoration.
     """
     if degraded.size != clean.size:
         raise ValueError(f"images differ in size: {degraded.size} vs {clean.size}")
-    return psnr_db(pil_to_tensor(degraded)[None], pil_to_tensor(clean)[None])
+    return psnr(degraded, clean)
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -45,6 +45,7 @@ import ipywidgets as widgets
 from PIL import Image, ImageDraw
 
 from .course import HELD_OUT_DIRNAME, data_samples
+from .fileio import write_text_atomically
 from .data import check_resolution
 from .degradations import (
     DEGRADATION_ORDERS,
@@ -54,6 +55,7 @@ from .degradations import (
     PRESETS,
     DegradationConfig,
     apply_degradation,
+    preset_name,
 )
 from .images import list_images, load_rgb
 from .prompts import DEFAULT_INSTANCE_PROMPT, restoration_prompt
@@ -198,7 +200,7 @@ def render_preview(
     Args:
         image: the clean photo, 8-bit RGB, already at preview size (see
             ``viz_degradations.prepare_photo``); other modes are converted.
-        config: the recipe (``None``: the seed's defaults).
+        config: the recipe (``None``: the original guide's defaults).
         seed: random seed, an int >= 0; the same seed gives byte-identical PNGs.
         zoom: magnification of the zoomed crop (1, 2, 4, 8, ...; 1 shows the whole image again).
         zoom_center: centre of the crop as fractions (0-1) of width and height.
@@ -207,7 +209,7 @@ def render_preview(
             recipe changed, since they depend on the photo and zoom alone.
 
     Returns:
-        A :class:`PreviewResult`. A 512 x 512 preview of the seed recipe takes a few tens of
+        A :class:`PreviewResult`. A 512 x 512 preview of the original guide's recipe takes a few tens of
         milliseconds, most of it the degradation and the PNG encoding.
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
@@ -242,7 +244,8 @@ def render_preview(
 
 
 def _config_expression(config: DegradationConfig, indent: str) -> str:
-    """``DegradationConfig(...)`` source text; the seed's four fields always, others if not default."""
+    """``DegradationConfig(...)`` source text; the original guide's four fields always, others only
+    if not default."""
     defaults = DegradationConfig()
     inner = indent + "    "
     lines = []
@@ -259,7 +262,7 @@ def _config_expression(config: DegradationConfig, indent: str) -> str:
 def python_snippet(config: DegradationConfig, name: str = "config") -> str:
     """Python source that rebuilds ``config``: an import line and ``name = DegradationConfig(...)``.
 
-    Fields equal to their defaults are left out (except the seed's four); ranges are tuples.
+    Fields equal to their defaults are left out (except the original guide's four); ranges are tuples.
     ``exec`` of the text defines ``name`` equal to ``config``.
     """
     return (
@@ -292,9 +295,10 @@ def train_command(
     instance_prompt: str = DEFAULT_INSTANCE_PROMPT,
     resolution: int = 512,
 ) -> str:
-    """The seed's training command with ``config``'s degradation flags (one line, shell-quoted).
+    """The original guide's training command with ``config``'s degradation flags (one line,
+    shell-quoted).
 
-    The model, data and output flags are the seed's; append the other training flags you need.
+    The model, data and output flags are the original guide's; append the other training flags you need.
     """
     return shlex.join(
         [
@@ -329,9 +333,7 @@ def export_config(config: DegradationConfig, path: str | os.PathLike, overwrite:
     path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         # Through a temporary file and a rename, so an interrupted write never leaves half a file.
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(text)
-        os.replace(temporary, path)
+        write_text_atomically(path, text)
         return path
     try:
         # Mode "x" creates the file only if it does not exist, in one step: nothing can slip in
@@ -488,9 +490,9 @@ class ParameterControl:
 # The explorer
 # ---------------------------------------------------------------------------------------------
 
-# Operations grouped as the notebook teaches them: the seed's four, then the extended set.
+# Operations grouped as the notebook teaches them: the original guide's four, then the extended set.
 _CONTROL_TABS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("seed's four", ("downsample", "noise", "blur", "jpeg")),
+    ("guide's four", ("downsample", "noise", "blur", "jpeg")),
     ("more blur & noise", ("aniso_blur", "motion_blur", "poisson_noise")),
     ("old photo", ("fade", "scratches", "grain")),
 )
@@ -531,7 +533,8 @@ class DegradationExplorer:
         image: the photo shown first (a path, or its label such as ``"held_out/coffee.jpg"``);
             default: the first held-out photo.
         config: the recipe to start from; default ``PRESETS[preset]``.
-        preset: name of the preset to start from when ``config`` is not given (default ``"seed"``).
+        preset: name of the preset to start from when ``config`` is not given (default
+            ``"original_guide"``; the old name ``"seed"`` is accepted too).
         seed: the random seed (int >= 0).
         resolution: preview size, a multiple of 16 (a centre square, as in training), or 0 / None
             for the photo's own size.
@@ -567,9 +570,9 @@ class DegradationExplorer:
     ):
         if config is not None and preset is not None:
             raise ValueError("give either config or preset, not both")
-        if preset is not None and preset not in PRESETS:
+        if preset is not None and preset_name(preset) not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        config = PRESETS[preset or "seed"] if config is None else config
+        config = PRESETS[preset_name(preset or "original_guide")] if config is None else config
         self.instance_prompt = instance_prompt
         self.result: PreviewResult | None = None
         self._pending = False
@@ -691,8 +694,9 @@ class DegradationExplorer:
             pages.append(widgets.VBox([section(op) for op in ops]))
         pages[1].children += (self.gray_noise_prob,)
         order_help = widgets.HTML(
-            "<small>fixed: the pipeline order (the seed's order for its four); listed: the order the "
-            "operations were ticked or the preset lists them; shuffled: a new order per image.</small>"
+            "<small>fixed: the pipeline order (the original guide's order for its four); listed: the "
+            "order the operations were ticked or the preset lists them; shuffled: a new order per "
+            "image.</small>"
         )
         pages.append(
             widgets.VBox([self.degradation_order, order_help, self.second_order_json, self.second_order_prob])
@@ -860,7 +864,7 @@ class DegradationExplorer:
         record = "\n".join(json.dumps(step) for step in result.record) or "[] (nothing applied)"
         self.record_view.value = _pre(record)
         self.prompt_view.value = _pre(
-            f"plain (the seed's):  {result.prompt}\n"
+            f"plain (the guide's): {result.prompt}\n"
             f"described:           {result.described_prompt}\n"
             f"numeric:             {result.numeric_prompt}"
         )

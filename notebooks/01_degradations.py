@@ -24,13 +24,15 @@
 # undamaged original. So training goes the other way round: take clean photos, damage them
 # ourselves, and teach the model to undo the damage.
 #
-# The seed recipe does this inside its `DegDataset` with four operations: **downsample, noise,
-# blur, JPEG**. That choice is the first design decision of the whole course, because the LoRA
-# can only learn to repair what we show it: a model that never saw scratches will not remove
-# them, and damage far stronger than the real thing teaches it to smear detail away.
+# The original guide (the recipe this course implements, described in `docs/original_guide.md`)
+# does this inside its `DegDataset` with four operations: **downsample, noise, blur, JPEG**. That
+# choice is the first design decision of the whole course, because the LoRA can only learn to
+# repair what we show it: a model that never saw scratches will not remove them, and damage far
+# stronger than the real thing teaches it to smear detail away.
 #
 # In this notebook you will
-# 1. see what each degradation does to a photo, the seed's four first, then the extended set,
+# 1. see what each degradation does to a photo, the original guide's four first, then the
+#    extended set,
 # 2. measure how fast a photo falls apart as one parameter grows,
 # 3. compare the ready-made recipes (presets) and see why parameters can be ranges,
 # 4. check that a degradation is reproducible and read its record,
@@ -60,7 +62,9 @@ import matplotlib
 
 from kontext_lora_helpers import viz
 from kontext_lora_helpers.course import held_out_dir
-from kontext_lora_helpers.degradations import PRESETS, SEED_ORDER, DegradationConfig, apply_degradation
+from kontext_lora_helpers.degradations import (
+    ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation,
+)
 from kontext_lora_helpers.images import load_rgb
 from kontext_lora_helpers.viz_degradations import (
     prepare_photo, severity_sweep, show_operations, show_sweep, zoom_box,
@@ -75,10 +79,11 @@ matplotlib.rcParams["figure.dpi"] = 72
 print(photo.size, photo.mode)
 
 # %% [markdown]
-# ## 1. The seed's four operations
+# ## 1. The original guide's four operations
 #
-# Each picture below applies **one** operation to the clean photo, with the seed's default
-# parameter, and the bottom row enlarges the yellow box 4x so you can see individual pixels.
+# Each picture below applies **one** operation to the clean photo, with the original guide's
+# default parameter, and the bottom row enlarges the yellow box 4x so you can see individual
+# pixels.
 #
 # | operation | parameter | what it means |
 # |---|---|---|
@@ -88,14 +93,15 @@ print(photo.size, photo.mode)
 # | `jpeg` | `jpeg_quality=75` | save as JPEG at quality 75 (1 worst, 100 best) and decode again |
 
 # %%
-show_operations(photo, SEED_ORDER, seed=0, center=ZOOM_CENTER);
+show_operations(photo, ORIGINAL_GUIDE_ORDER, seed=0, center=ZOOM_CENTER);
 
 # %% [markdown]
 # Look at the zoomed row. Downsampling by 8 leaves soft blobs where the roof tiles were: at
 # 320 px the photo has been through a 40 px version of itself. Noise adds coloured speckles, one
 # random value per pixel and channel. A blur of 1 px softens edges but keeps their position. JPEG
 # at 75 is hard to see at full size; in the zoom you find the 8x8 blocks in flat areas and the
-# ringing next to sharp edges. The seed applies all four in this order, each a value you choose.
+# ringing next to sharp edges. The original guide applies all four in this order, each a value you
+# choose.
 #
 # ## 2. More ways a photo gets damaged
 #
@@ -150,8 +156,8 @@ show_sweep(sweep, "noise_level", center=ZOOM_CENTER);
 
 # %% [markdown]
 # Doubling `noise_level` costs about 6 dB each time, as it should for additive noise; a little
-# less in practice, because pixels pushed past black or white are clipped back. The seed's
-# default of 0.05 is a visibly noisy photo; 0.2 is a snowstorm that no restorer can undo
+# less in practice, because pixels pushed past black or white are clipped back. The original
+# guide's default of 0.05 is a visibly noisy photo; 0.2 is a snowstorm that no restorer can undo
 # faithfully, and training on it would teach the LoRA to invent detail. Try the same with
 # `"blur_radius"`, `"lr_scale"` or `"jpeg_quality"`.
 #
@@ -160,16 +166,16 @@ show_sweep(sweep, "noise_level", center=ZOOM_CENTER);
 # A `DegradationConfig` holds a whole recipe: which operations, in which order, with which
 # parameters. Three ready-made recipes live in `PRESETS`:
 #
-# * `"seed"`: the seed's four operations at their defaults;
+# * `"original_guide"`: the original guide's four operations at their defaults;
 # * `"realesrgan"`: Real-ESRGAN's *second-order* pipeline: blur, downsample, noise and JPEG, then
 #   all of it again, milder. Photos that were shared, re-saved and shared again look like this;
 # * `"old_photo"`: a faded, tinted, grainy, scratched print, scanned softly and saved as JPEG.
 
 # %%
-names = ["seed", "realesrgan", "old_photo"]
+names = ["original_guide", "realesrgan", "old_photo"]
 results = [apply_degradation(photo, PRESETS[name], seed=0) for name in names]
 for name, (_, record) in zip(names, results):
-    print(f"{name:<11} applied: {', '.join(step['op'] for step in record)}")
+    print(f"{name:<14} applied: {', '.join(step['op'] for step in record)}")
 viz.show_images([photo, *[image for image, _ in results]], ["clean", *names],
                 zoom_box=zoom_box(photo.size, 4, ZOOM_CENTER));
 
@@ -219,9 +225,9 @@ for step in record:
 # %% [markdown]
 # ## 6. From record to prompt
 #
-# Kontext is an editing model: the prompt is an instruction. The seed uses one fixed instruction
-# for every pair, so the LoRA has to find out from the pixels what to undo. The record lets the
-# prompt *say* what went wrong instead, in binned words (`described`) or with numbers
+# Kontext is an editing model: the prompt is an instruction. The original guide uses one fixed
+# instruction for every pair, so the LoRA has to find out from the pixels what to undo. The record
+# lets the prompt *say* what went wrong instead, in binned words (`described`) or with numbers
 # (`numeric`); at inference you can then ask for just part of the repair ("remove the noise").
 # `DegDataset(prompt_mode=...)` picks the mode for training.
 
@@ -248,11 +254,11 @@ explorer
 
 # %% [markdown]
 # Every control is a public attribute, so a cell can drive the explorer exactly as the mouse does
-# (this is also how its tests work). Here: start from the seed recipe, lower the downsampling to
-# 4 and make the noise a range.
+# (this is also how its tests work). Here: start from the original guide's recipe, lower the
+# downsampling to 4 and make the noise a range.
 
 # %%
-explorer.preset.value = "seed"
+explorer.preset.value = "original_guide"
 explorer.parameters["lr_scale"].value = 4
 explorer.parameters["noise_level"].value = (0.01, 0.05)
 print(explorer.status.value)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -55,6 +55,7 @@ import torch
 from kontext_lora_helpers import latents, viz
 from kontext_lora_helpers.course import data_samples, held_out_dir
 from kontext_lora_helpers.data import DegDataset, PairedDataset
+from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
@@ -72,8 +73,7 @@ print(format_description(describe_pipeline(pipe)))
 # %%
 dataset = DegDataset(
     data_samples(), "Restore this degraded photograph to high fidelity",
-    degradation_types="downsample,noise,blur", lr_scale=2, noise_level=0.1, blur_radius=0.5,
-    resolution=RESOLUTION, seed=0, exclude=[held_out_dir()],
+    config=PRESETS["course"], resolution=RESOLUTION, seed=0, exclude=[held_out_dir()],
 )
 print(dataset)
 items = [dataset[i] for i in range(4)]
@@ -113,7 +113,7 @@ print({tuple(it["control"].shape) == tuple(it["target"].shape) for it in items})
 import tempfile
 from pathlib import Path
 
-from kontext_lora_helpers.degradations import PRESETS, apply_degradation
+from kontext_lora_helpers.degradations import apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
 
 pairs_dir = Path(tempfile.mkdtemp())

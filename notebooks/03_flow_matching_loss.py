@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,6 +53,7 @@ import torch
 from kontext_lora_helpers import lora, losses, objective, viz, viz_objective
 from kontext_lora_helpers.course import held_out_dir
 from kontext_lora_helpers.data import DegDataset
+from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
@@ -68,8 +69,7 @@ device, dtype = pipe.transformer.device, pipe.transformer.dtype
 # %%
 dataset = DegDataset(
     held_out_dir(), "Restore this degraded photograph to high fidelity",
-    degradation_types="downsample,noise,blur", lr_scale=2, noise_level=0.1, blur_radius=0.5,
-    resolution=RESOLUTION, seed=0, center_crop=True, random_flip=False,
+    config=PRESETS["course"], resolution=RESOLUTION, seed=0, center_crop=True, random_flip=False,
 )
 items = [dataset[i] for i in range(BATCH)]
 target_pixels = torch.stack([item["target"] for item in items])
@@ -224,9 +224,9 @@ viz_objective.show_lora_matrices(parts);
 # %% [markdown]
 # ## 6. L2 alone vs L2 + a VGG perceptual term
 #
-# The seed adds an optional perceptual loss: decode `x0_hat` with the frozen VAE and compare VGG16
-# features with the clean photo. On this CPU we use **random** VGG features (no download); the
-# notice says how to get the ImageNet ones on a GPU machine.
+# The original guide adds an optional VGG perceptual loss; here it decodes `x0_hat` with the
+# frozen VAE and compares VGG16 features with the clean photo. On this CPU we use **random** VGG
+# features (no download); the notice says how to get the ImageNet ones on a GPU machine.
 
 # %%
 import warnings

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,7 +58,7 @@ from PIL import Image
 
 from kontext_lora_helpers import gpu_settings, viz
 from kontext_lora_helpers.course import data_samples
-from kontext_lora_helpers.degradations import DegradationConfig
+from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.train import command_line, train
 from kontext_lora_helpers.viz_training import LiveTrainingPlot, metrics_table
 
@@ -78,9 +78,7 @@ OUTPUT_DIR = Path("outputs/04-restoration-lora")
 # so that the notebook stays quick. For the real model: the GPU's entry in `gpu_settings`.
 
 # %%
-degradation = DegradationConfig(
-    degradation_types=["downsample", "noise", "blur"], lr_scale=2, noise_level=0.1, blur_radius=0.5,
-)
+degradation = PRESETS["course"]  # x2 down, noise 0.1, blur 0.5
 config = gpu_settings.notebook_settings(MODEL, hr_root=os.path.relpath(data_samples()),
                                        output_dir=str(OUTPUT_DIR), degradation=degradation)
 print(command_line(config))

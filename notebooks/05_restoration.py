@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -62,7 +62,7 @@ from safetensors import safe_open
 
 from kontext_lora_helpers import export, gpu_settings, restore, viz
 from kontext_lora_helpers.course import data_samples, held_out_dir
-from kontext_lora_helpers.degradations import DegradationConfig, apply_degradation
+from kontext_lora_helpers.degradations import PRESETS, apply_degradation
 from kontext_lora_helpers.evaluate import evaluate_folders, format_table
 from kontext_lora_helpers.images import list_images, load_rgb
 from kontext_lora_helpers.latents import pixel_multiple
@@ -100,9 +100,7 @@ matplotlib.rcParams["figure.dpi"] = 72
 # there, nothing is trained.
 
 # %%
-DEGRADATION = DegradationConfig(
-    degradation_types=["downsample", "noise", "blur"], lr_scale=2, noise_level=0.1, blur_radius=0.5,
-)
+DEGRADATION = PRESETS["course"]  # notebook 04's: x2 down, noise 0.1, blur 0.5
 if not (LORA_DIR / LORA_WEIGHT_NAME).is_file():
     config = gpu_settings.notebook_settings(MODEL, hr_root=str(data_samples()), output_dir=str(LORA_DIR),
                                            degradation=DEGRADATION)

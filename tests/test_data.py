@@ -23,7 +23,7 @@ from kontext_lora_helpers.data import (
     pil_to_tensor,
     tensor_to_pil,
 )
-from kontext_lora_helpers.degradations import PRESETS, SEED_ORDER
+from kontext_lora_helpers.degradations import ORIGINAL_GUIDE_ORDER, PRESETS
 from kontext_lora_helpers.images import (
     SkippedImageWarning,
     UnusableImageError,
@@ -277,7 +277,7 @@ def test_items_have_the_documented_format_and_batch_with_default_collate(photo_f
         assert tensor.dtype == torch.float32 and tensor.shape == (3, 64, 64)
         assert tensor.min() >= -1 and tensor.max() <= 1
     assert item["prompts"] == PROMPT and item["index"] == 0 and item["path"].endswith("a.jpg")
-    assert [step["op"] for step in json.loads(item["record"])] == list(SEED_ORDER)
+    assert [step["op"] for step in json.loads(item["record"])] == list(ORIGINAL_GUIDE_ORDER)
     batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))
     assert batch["control"].shape == (4, 3, 64, 64) and batch["target"].shape == (4, 3, 64, 64)
     assert len(batch["prompts"]) == 4 and batch["index"].tolist() == [0, 1, 2, 3]
@@ -371,10 +371,10 @@ def test_degradation_types_accept_a_comma_string_a_list_or_none(photo_folder):
         "blur",
     ]
     assert ops(build_dataset(photo_folder, degradation_types=["jpeg", "noise"])) == ["noise", "jpeg"]
-    assert ops(build_dataset(photo_folder)) == list(SEED_ORDER)
+    assert ops(build_dataset(photo_folder)) == list(ORIGINAL_GUIDE_ORDER)
 
 
-def test_seed_attributes_read_and_write_the_config(photo_folder):
+def test_original_guide_attributes_read_and_write_the_config(photo_folder):
     dataset = build_dataset(photo_folder, lr_scale=4, noise_level=0.03, blur_radius=0.5, jpeg_quality=60)
     assert (dataset.lr_scale, dataset.noise_level, dataset.blur_radius, dataset.jpeg_quality) == (
         4,
@@ -382,7 +382,7 @@ def test_seed_attributes_read_and_write_the_config(photo_folder):
         0.5,
         60,
     )
-    assert dataset.degradation_types == SEED_ORDER
+    assert dataset.degradation_types == ORIGINAL_GUIDE_ORDER
     dataset.noise_level = (0.01, 0.02)
     assert dataset.config.noise_level == (0.01, 0.02)
     with pytest.raises(ValueError, match="noise_level"):
@@ -416,14 +416,14 @@ def test_exclude_leaves_held_out_photos_out(photo_folder, monkeypatch):
     assert len(build_dataset("photos", exclude=["photos/sub"])) == 2
 
 
-def test_seed_style_apply_degradation_method(photo_folder):
+def test_guide_style_apply_degradation_method(photo_folder):
     dataset = build_dataset(photo_folder, lr_scale=2)
     image = photo((50, 40))
     degraded = dataset.apply_degradation(image)
     assert isinstance(degraded, Image.Image) and degraded.size == (50, 40)
     again, record = dataset.apply_degradation(image, return_record=True, seed=3)
     same, _ = dataset.apply_degradation(image, return_record=True, seed=3)
-    assert again.tobytes() == same.tobytes() and [s["op"] for s in record] == list(SEED_ORDER)
+    assert again.tobytes() == same.tobytes() and [s["op"] for s in record] == list(ORIGINAL_GUIDE_ORDER)
     assert dataset.apply_degradation(image).tobytes() != dataset.apply_degradation(image).tobytes()
 
 
@@ -518,7 +518,7 @@ def test_crop_scale_sets_the_window_and_never_enlarges(data_samples):
         dataset = DegDataset(data_samples, "p", resolution=64, crop_scale=crop_scale, exclude=[data_samples / "held_out"])
         return dataset._geometry(size, np.random.default_rng(seed)).resized
 
-    assert resized(1.0) == (85, 64)  # the seed's behaviour: short side -> resolution
+    assert resized(1.0) == (85, 64)  # the original guide's behaviour: short side -> resolution
     assert resized((0.5, 0.5)) == (171, 128)  # a window of half the short side (192 px) becomes 64 px
     assert resized((0.05, 0.05)) == (512, 384)  # a 19 px window would be enlarged: 64 px of the original instead
     short_sides = {min(resized((0.25, 1.0), seed=seed)) for seed in range(50)}

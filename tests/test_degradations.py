@@ -14,9 +14,9 @@ from kontext_lora_helpers import degradations as deg
 from kontext_lora_helpers.degradations import (
     DEGRADATION_TYPES,
     OP_PARAMETERS,
+    ORIGINAL_GUIDE_ORDER,
     PIPELINE_ORDER,
     PRESETS,
-    SEED_ORDER,
     DegradationConfig,
     apply_degradation,
     apply_degradation_steps,
@@ -73,41 +73,42 @@ def exact_gaussian_blur(image: Image.Image, sigma: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_type_names_start_with_the_seeds_four_in_the_seeds_order():
-    assert SEED_ORDER == ("downsample", "noise", "blur", "jpeg")
-    assert DEGRADATION_TYPES[:4] == SEED_ORDER
+def test_type_names_start_with_the_original_guides_four_in_its_order():
+    assert ORIGINAL_GUIDE_ORDER == ("downsample", "noise", "blur", "jpeg")
+    assert deg.SEED_ORDER is ORIGINAL_GUIDE_ORDER  # the old name still imports
+    assert DEGRADATION_TYPES[:4] == ORIGINAL_GUIDE_ORDER
     assert set(OP_PARAMETERS) == set(DEGRADATION_TYPES) == set(PIPELINE_ORDER)
-    positions = [PIPELINE_ORDER.index(name) for name in SEED_ORDER]
+    positions = [PIPELINE_ORDER.index(name) for name in ORIGINAL_GUIDE_ORDER]
     assert positions == sorted(positions)
 
 
-def test_default_config_is_the_seed_recipe():
+def test_default_config_is_the_original_guide_recipe():
     config = DegradationConfig()
-    assert config.degradation_types == SEED_ORDER
+    assert config.degradation_types == ORIGINAL_GUIDE_ORDER
     assert (config.lr_scale, config.noise_level, config.blur_radius, config.jpeg_quality) == (
         8,
         0.05,
         1.0,
         75,
     )
-    assert PRESETS["seed"] == config
-    assert {"seed", "realesrgan", "old_photo"} <= set(PRESETS)
+    assert PRESETS["original_guide"] == config
+    assert {"original_guide", "realesrgan", "old_photo"} <= set(PRESETS)
     steps = sample_degradation_steps(config, np.random.default_rng(0))
-    assert [step["op"] for step in steps] == list(SEED_ORDER)
+    assert [step["op"] for step in steps] == list(ORIGINAL_GUIDE_ORDER)
     assert steps[0] == {"op": "downsample", "lr_scale": 8}
     assert steps[2] == {"op": "blur", "blur_radius": 1.0}
     assert steps[3] == {"op": "jpeg", "jpeg_quality": 75}
     assert steps[1]["noise_level"] == 0.05 and steps[1]["gray"] is False and isinstance(steps[1]["seed"], int)
 
 
-def test_seed_order_is_used_whatever_order_the_types_are_listed_in():
+def test_original_guide_order_is_used_whatever_order_the_types_are_listed_in():
     config = DegradationConfig(degradation_types="jpeg,blur,noise,downsample")
-    assert [s["op"] for s in sample_degradation_steps(config, 0)] == list(SEED_ORDER)
+    assert [s["op"] for s in sample_degradation_steps(config, 0)] == list(ORIGINAL_GUIDE_ORDER)
     listed = config.replace(degradation_order="listed")
     assert [s["op"] for s in sample_degradation_steps(listed, 0)] == ["jpeg", "blur", "noise", "downsample"]
     shuffled = config.replace(degradation_order="shuffled")
     orders = {tuple(s["op"] for s in sample_degradation_steps(shuffled, seed)) for seed in range(12)}
-    assert len(orders) > 1 and all(sorted(order) == sorted(SEED_ORDER) for order in orders)
+    assert len(orders) > 1 and all(sorted(order) == sorted(ORIGINAL_GUIDE_ORDER) for order in orders)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_seed_order_is_used_whatever_order_the_types_are_listed_in():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_downsample_is_the_seeds_bicubic_down_and_up():
+def test_downsample_is_the_original_guides_bicubic_down_and_up():
     image = texture((96, 64))
     by_hand = image.resize((96 // 8, 64 // 8), Image.BICUBIC).resize((96, 64), Image.BICUBIC)
     assert deg.apply_downsample(image, 8).tobytes() == by_hand.tobytes()
@@ -298,7 +299,7 @@ def test_non_rgb_input_is_converted():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["seed", "realesrgan", "old_photo"])
+@pytest.mark.parametrize("preset", ["original_guide", "realesrgan", "old_photo"])
 def test_same_seed_same_bytes_different_seed_different_bytes(preset):
     image = texture((64, 64))
     first, record_a = apply_degradation(image, PRESETS[preset], seed=11)
@@ -308,7 +309,7 @@ def test_same_seed_same_bytes_different_seed_different_bytes(preset):
     assert first.tobytes() != other.tobytes()
 
 
-@pytest.mark.parametrize("preset", ["seed", "realesrgan", "old_photo"])
+@pytest.mark.parametrize("preset", ["original_guide", "realesrgan", "old_photo"])
 def test_record_survives_json_and_reapplies_to_identical_bytes(preset):
     image = texture((64, 64), seed=3)
     degraded, record = apply_degradation(image, PRESETS[preset], seed=5)
@@ -451,7 +452,7 @@ def test_convenient_inputs_are_normalised():
     )
     assert config.degradation_types == ("downsample", "noise")
     assert config.noise_level == (0.01, 0.05) and isinstance(config.jpeg_quality, int)
-    assert DegradationConfig(degradation_types=None).degradation_types == SEED_ORDER
+    assert DegradationConfig(degradation_types=None).degradation_types == ORIGINAL_GUIDE_ORDER
     assert DegradationConfig(degradation_types="none").degradation_types == ()
     assert DegradationConfig(degradation_types=[]).degradation_types == ()
 
@@ -469,8 +470,8 @@ def test_dict_and_cli_flags_round_trip(preset):
     deg.add_degradation_arguments(parser)
     flags = config.to_cli_flags()
     assert flags[:2] == ["--degradation_types", ",".join(config.degradation_types) or "none"]
-    for seed_flag in ("--lr_scale", "--noise_level", "--blur_radius", "--jpeg_quality"):
-        assert seed_flag in flags
+    for guide_flag in ("--lr_scale", "--noise_level", "--blur_radius", "--jpeg_quality"):
+        assert guide_flag in flags
     assert all(isinstance(flag, str) for flag in flags)
     assert deg.config_from_args(parser.parse_args(flags)) == config
 
@@ -481,6 +482,9 @@ def test_preset_flag_with_overrides_and_range_flags():
     config = deg.config_from_args(parser.parse_args(["--preset", "old_photo", "--noise_level", "0.01,0.05"]))
     assert config == PRESETS["old_photo"].replace(noise_level=(0.01, 0.05))
     assert deg.config_from_args(parser.parse_args([])) == DegradationConfig()
+    # "seed" is the old name of the "original_guide" preset; old command lines still work.
+    assert parser.parse_args(["--preset", "seed"]).preset == "original_guide"
+    assert deg.config_from_args(parser.parse_args(["--preset", "seed"])) == PRESETS["original_guide"]
     assert (
         deg.config_from_args(
             parser.parse_args(["--preset", "realesrgan", "--second_order", "none"])

@@ -157,7 +157,7 @@ def test_python_dash_m_entry_point(inputs, tmp_path):
             "--output",
             str(tmp_path / "m"),
             "--preset",
-            "seed",
+            "original_guide",
             "--seed",
             "0",
         ],

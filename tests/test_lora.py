@@ -173,9 +173,10 @@ def test_ema_follows_the_recurrence_and_swaps_weights_in_and_out():
         with torch.no_grad():
             for name in names:
                 ema.parameters[name].fill_(value)
-        ema.update(step)
+        ema.update()
         d = ema.decay_at(step)
         expected = {name: d * expected[name] + (1 - d) * value for name in names}
+    assert ema.step == 3
     for name in names:
         torch.testing.assert_close(ema.shadow[name], expected[name], rtol=0, atol=1e-6)
 
@@ -185,8 +186,9 @@ def test_ema_follows_the_recurrence_and_swaps_weights_in_and_out():
     assert all(torch.equal(ema.parameters[name], trained[name]) for name in names)  # restored exactly
 
     copy = lora.LoraEMA(transformer, decay=0.9)
-    copy.load_state_dict(ema.state_dict())
+    copy.load_state_dict(ema.state_dict(), step=ema.step)
     assert all(torch.equal(copy.shadow[name], ema.shadow[name]) for name in names)
+    assert copy.step == 3 and copy.decay_at(copy.step + 1) == ema.decay_at(4)
     with pytest.raises(ValueError, match="does not match"):
         copy.load_state_dict({"unrelated.lora_A": torch.zeros(1)})
     with pytest.raises(ValueError, match="decay"):

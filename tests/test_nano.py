@@ -14,9 +14,9 @@ from kontext_lora_helpers.nano import (
     build_clip_tokenizer,
     build_nano_pipeline,
     build_t5_tokenizer,
-    nano_call_kwargs,
 )
 from kontext_lora_helpers.nano.__main__ import main as nano_main
+from kontext_lora_helpers.models import call_kwargs
 from kontext_lora_helpers.nano.evaluate import evaluate_nano, tensor_to_pils
 from kontext_lora_helpers.nano.pool import default_image_paths, held_out_batch, held_out_stems
 
@@ -86,7 +86,7 @@ def test_export_loads_in_plain_diffusers_and_matches(tmp_path, pipe):
     plain = FluxKontextPipeline.from_pretrained(folder)
     plain.set_progress_bar_config(disable=True)
     image = tensor_to_pils(held_out_batch(64)[:1])[0]
-    kwargs = dict(image=image, prompt=PROMPT, num_inference_steps=4, output_type="np", **nano_call_kwargs())
+    kwargs = dict(image=image, prompt=PROMPT, num_inference_steps=4, output_type="np", **call_kwargs(pipe, 64, 64))
     a = plain(generator=torch.Generator().manual_seed(0), **kwargs).images
     b = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
     assert a.shape == (1, 64, 64, 3) and abs(a - b).max() < 1e-5
@@ -118,7 +118,7 @@ def test_base_does_not_restore(figures):
     assert figures["base_on_degraded_psnr"] <= figures["degraded_vae_round_trip_psnr"] + 0.5
 
 
-def test_check_lora_runs_the_seed_snippet_in_plain_diffusers(tmp_path, pipe):
+def test_check_lora_runs_the_original_guides_snippet_in_plain_diffusers(tmp_path, pipe):
     """The quality check's plumbing: a zero LoRA restores exactly like the base, a nonzero one does not."""
     from kontext_lora_helpers import lora as lora_ops
     from kontext_lora_helpers.nano.evaluate import check_restoration_lora

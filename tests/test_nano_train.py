@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kontext_lora_helpers.latents import psnr_db
+from kontext_lora_helpers.metrics import psnr
 from kontext_lora_helpers.nano.__main__ import main as nano_main
 from kontext_lora_helpers.nano.model import build_nano_components
 from kontext_lora_helpers.nano.pool import CropPool, default_image_paths
@@ -27,7 +27,7 @@ def test_degrade_some_replaces_the_requested_share(crops):
     changed = [not torch.equal(a, b) for a, b in zip(everything, crops)]
     assert all(changed)
     assert everything.min() >= -1 and everything.max() <= 1
-    assert psnr_db(everything, crops) < 35  # visibly degraded, not a rounding difference
+    assert psnr(everything, crops) < 35  # visibly degraded, not a rounding difference
     half = degrade_some(crops, 0.5, np.random.default_rng(1))
     changed = sum(not torch.equal(a, b) for a, b in zip(half, crops))
     assert 2 <= changed <= 14

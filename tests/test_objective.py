@@ -17,7 +17,8 @@ from PIL import Image
 
 from kontext_lora_helpers import latents as latent_ops
 from kontext_lora_helpers import objective
-from kontext_lora_helpers.nano import build_nano_pipeline, nano_call_kwargs
+from kontext_lora_helpers.models import call_kwargs
+from kontext_lora_helpers.nano import build_nano_pipeline
 from kontext_lora_helpers.nano.model import VAE_CONFIG
 
 PROMPT = "Restore this degraded photograph to high fidelity"
@@ -72,7 +73,7 @@ def run_pipeline_capturing(pipe, image, noise_tokens, num_inference_steps=2, sig
                 guidance_scale=GUIDANCE,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(0),
-                **nano_call_kwargs(SIDE, SIDE),
+                **call_kwargs(pipe, SIDE, SIDE),
             )
     finally:
         handle.remove()
@@ -336,7 +337,7 @@ def test_posterior_mean_trains_the_points_the_pipelines_sampler_visits(pipe, con
     try:
         with torch.no_grad():
             final = pipe(image=control_image, prompt=PROMPT, latents=latent_ops.pack(noise), num_inference_steps=6,
-                         guidance_scale=GUIDANCE, output_type="latent", **nano_call_kwargs(SIDE, SIDE)).images
+                         guidance_scale=GUIDANCE, output_type="latent", **call_kwargs(pipe, SIDE, SIDE)).images
     finally:
         handle.remove()
     assert len(recorder.calls) == 6

@@ -1,4 +1,4 @@
-"""Restoration prompts: the seed's fixed instruction and the degradation-aware variants."""
+"""Restoration prompts: the original guide's fixed instruction and the degradation-aware variants."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from kontext_lora_helpers.degradations import PRESETS, DegradationConfig, sample_degradation_steps
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT, describe_degradations, restoration_prompt
 
-SEED_RECORD_X4 = [
+GUIDE_RECORD_X4 = [
     {"op": "downsample", "lr_scale": 4},
     {"op": "noise", "noise_level": 0.05, "gray": False, "seed": 1},
     {"op": "blur", "blur_radius": 1.0},
@@ -17,14 +17,14 @@ SEED_RECORD_X4 = [
 ]
 
 
-def test_plain_mode_is_the_seeds_fixed_prompt():
+def test_plain_mode_is_the_original_guides_fixed_prompt():
     assert DEFAULT_INSTANCE_PROMPT == "Restore this degraded photograph to high fidelity"
-    assert restoration_prompt(SEED_RECORD_X4) == DEFAULT_INSTANCE_PROMPT
+    assert restoration_prompt(GUIDE_RECORD_X4) == DEFAULT_INSTANCE_PROMPT
     assert restoration_prompt(None, "Fix it") == "Fix it"
 
 
 def test_described_mode_says_what_was_done():
-    assert restoration_prompt(SEED_RECORD_X4, mode="described") == (
+    assert restoration_prompt(GUIDE_RECORD_X4, mode="described") == (
         "Restore this degraded photograph to high fidelity — remove noise, remove blur, "
         "undo 4x downsampling, remove JPEG artifacts"
     )
@@ -46,7 +46,7 @@ def test_levels_are_binned():
 
 
 def test_numeric_mode_gives_the_numbers():
-    prompt = restoration_prompt(SEED_RECORD_X4, "Restore", mode="numeric")
+    prompt = restoration_prompt(GUIDE_RECORD_X4, "Restore", mode="numeric")
     assert prompt == (
         "Restore — remove noise (sigma 0.05), remove blur (sigma 1 px), undo 4x downsampling, "
         "remove JPEG artifacts (quality 75)"
@@ -70,8 +70,8 @@ def test_kinds_are_merged_and_ordered_whatever_the_record_order():
     assert len(phrases) == len(set(phrases))
     assert sum("blur" in phrase for phrase in phrases) <= 1
     assert phrases[-1].endswith("JPEG artifacts")
-    reversed_record = list(reversed(SEED_RECORD_X4))
-    assert describe_degradations(reversed_record) == describe_degradations(SEED_RECORD_X4)
+    reversed_record = list(reversed(GUIDE_RECORD_X4))
+    assert describe_degradations(reversed_record) == describe_degradations(GUIDE_RECORD_X4)
 
 
 def test_old_photo_and_extra_blurs_are_described():
@@ -103,4 +103,4 @@ def test_prompts_are_deterministic_and_accept_json_text():
 
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match="prompt mode must be one of plain, described, numeric"):
-        restoration_prompt(SEED_RECORD_X4, mode="verbose")
+        restoration_prompt(GUIDE_RECORD_X4, mode="verbose")

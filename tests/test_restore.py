@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from kontext_lora_helpers import lora as lora_ops
-from kontext_lora_helpers import restore
-from kontext_lora_helpers.models import call_kwargs, load_pipeline
+from kontext_lora_helpers import inference, restore
+from kontext_lora_helpers.lora import LoraFileError
+from kontext_lora_helpers.models import GUIDANCE_SCALE, call_kwargs, load_pipeline
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -158,15 +159,15 @@ def test_tiled_restoration_keeps_the_size_and_leaves_no_seams(base_pipe):
     tile_edges = (32, 64, 96)
     # The same tiles pasted side by side (each pixel from the last tile over it) show the seams
     # that blending must hide.
-    tiles = restore._run_at_size(base_pipe, [image.crop(box) for box in layout.boxes()], DEFAULT_INSTANCE_PROMPT,
-                                 STEPS, restore.DEFAULT_GUIDANCE_SCALE, SEED)
+    crops = [image.crop(box) for box in layout.boxes()]
+    tiles = inference.run_at_size(base_pipe, crops, [DEFAULT_INSTANCE_PROMPT] * len(crops), STEPS, GUIDANCE_SCALE, SEED)
     pasted = np.zeros((128, 128, 3))
     for (left, top, right, bottom), tile in zip(layout.boxes(), tiles):
         pasted[top:bottom, left:right] = tile
-    pasted_ratio, tiled_ratio = seam_ratio(restore._to_pil(pasted), tile_edges), seam_ratio(tiled, tile_edges)
+    pasted_ratio, tiled_ratio = seam_ratio(inference.float_to_pil(pasted), tile_edges), seam_ratio(tiled, tile_edges)
     assert pasted_ratio > 1.3 > tiled_ratio  # measured on nano: 1.42 and 0.97
     # The blend of exactly these tiles, nothing else.
-    assert np.array_equal(pixels(tiled), pixels(restore._to_pil(restore.blend_tiles(layout, tiles, 128, 128))))
+    assert np.array_equal(pixels(tiled), pixels(inference.float_to_pil(restore.blend_tiles(layout, tiles, 128, 128))))
     from kontext_lora_helpers.metrics import psnr
 
     assert psnr(tiled, whole) > 20  # the same picture; tiles keep the full resolution, so not identical
@@ -286,7 +287,7 @@ def misfit_loras(lora_dir, tmp_path_factory) -> dict:
                                   "not safetensors"])
 def test_a_lora_that_does_not_fit_is_refused_by_name_and_leaves_the_pipeline_intact(base_pipe, misfit_loras, case):
     path, reason = misfit_loras[case]
-    with pytest.raises(restore.LoraLoadError, match=reason) as caught:
+    with pytest.raises(LoraFileError, match=reason) as caught:
         restore.load_loras(base_pipe, [path])
     assert str(path.name) in str(caught.value)
     assert base_pipe.get_list_adapters() == {} or not any(base_pipe.get_list_adapters().values())
@@ -302,7 +303,7 @@ def test_a_failure_in_diffusers_takes_out_the_loras_loaded_before_it(base_pipe, 
         "lora_unet_no_such_layer.lora_up.weight": torch.zeros(32, 4),
         "lora_unet_no_such_layer.alpha": torch.tensor(4.0),
     })
-    with pytest.raises(restore.LoraLoadError, match="diffusers could not load it") as caught:
+    with pytest.raises(LoraFileError, match="diffusers could not load it") as caught:
         restore.load_loras(base_pipe, [lora_dir, kohya])
     assert str(kohya / lora_ops.LORA_WEIGHT_NAME) in str(caught.value)
     assert not any(base_pipe.get_list_adapters().values())

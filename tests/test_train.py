@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from kontext_lora_helpers import models, objective
 from kontext_lora_helpers import train as train_module
+from kontext_lora_helpers.train import config as train_config
 from kontext_lora_helpers.degradations import DegradationConfig
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
@@ -118,7 +119,7 @@ def test_the_seeds_command_parses_with_its_meanings(tmp_path):
     assert config.perceptual_loss and config.instance_prompt == DEFAULT_INSTANCE_PROMPT
     assert config.degradation.degradation_types == ("downsample", "noise", "blur")
     assert (config.degradation.noise_level, config.degradation.blur_radius) == (0.03, 1.2)
-    assert config.degradation.lr_scale == 8  # the seed's default when the flag is absent
+    assert config.degradation.lr_scale == 8  # the original guide's default when the flag is absent
 
 
 def test_defaults_fill_in_for_nano_and_the_config_round_trips_through_json(tmp_path):
@@ -301,7 +302,7 @@ def test_held_out_photos_are_never_trained_on(tmp_path):
     from kontext_lora_helpers.course import held_out_dir
 
     config = check_config(quick_config(tmp_path))
-    excluded = train_module._training_excludes(config)
+    excluded = train_config._training_excludes(config)
     assert held_out_dir().resolve() in [p.resolve() for p in excluded]
 
 

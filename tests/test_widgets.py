@@ -131,12 +131,12 @@ def test_export_config_refuses_to_overwrite(tmp_path):
     assert export_config(PRESETS["old_photo"], path) == path
     assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["old_photo"]
     with pytest.raises(FileExistsError, match="already exists"):
-        export_config(PRESETS["seed"], path)
+        export_config(PRESETS["original_guide"], path)
     assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["old_photo"]
-    export_config(PRESETS["seed"], path, overwrite=True)
-    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["seed"]
+    export_config(PRESETS["original_guide"], path, overwrite=True)
+    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["original_guide"]
     with pytest.raises(IsADirectoryError):
-        export_config(PRESETS["seed"], tmp_path)
+        export_config(PRESETS["original_guide"], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_explorer_lists_training_and_held_out_photos(explorer):
     assert explorer.photo.label.startswith("held_out/")  # held-out photos are the ones to look at
     assert set(explorer.type_checkboxes) == set(DEGRADATION_TYPES)
     assert set(explorer.parameters) == set(PARAMETER_SPECS)
-    assert explorer.preset.value == "seed" and explorer.config == PRESETS["seed"]
+    assert explorer.preset.value == "original_guide" and explorer.config == PRESETS["original_guide"]
     assert decoded(explorer.degraded_image.value).size == (RESOLUTION, RESOLUTION)
     assert explorer._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
 
@@ -200,7 +200,7 @@ def test_moving_a_slider_changes_the_preview_and_the_flags(explorer):
     assert explorer.clean_image.value == clean
     assert "--noise_level 0.2" in explorer.flags_view.value
     assert explorer.result.config.noise_level == 0.2
-    assert explorer.preset.value == "custom"  # no longer the seed preset
+    assert explorer.preset.value == "custom"  # no longer the original_guide preset
 
 
 def test_same_seed_gives_identical_bytes(explorer):
@@ -292,13 +292,13 @@ def test_export_button_writes_json_and_never_overwrites_silently(explorer, tmp_p
     path = tmp_path / "recipe.json"
     explorer.export_path.value = str(path)
     explorer.export_button.click()
-    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["seed"]
+    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["original_guide"]
     assert "wrote" in explorer.export_message.value
 
     explorer.preset.value = "old_photo"
     assert explorer.export() is None
     assert "already exists" in explorer.export_message.value
-    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["seed"]
+    assert DegradationConfig.from_dict(json.loads(path.read_text())) == PRESETS["original_guide"]
 
     explorer.export_overwrite.value = True
     assert explorer.export() == path
@@ -317,7 +317,9 @@ def test_explorer_options(data_samples):
     assert explorer.photo.label == "flower.jpg"
     assert explorer.config == PRESETS["old_photo"] and explorer.preset.value == "old_photo"
     assert explorer.result.seed == 5 and explorer.zoom.value == 3
+    old_name = DegradationExplorer(photos=data_samples, preset="seed", resolution=RESOLUTION)  # "seed": the old name
+    assert old_name.config == PRESETS["original_guide"] and old_name.preset.value == "original_guide"
     with pytest.raises(ValueError, match="not among"):
         DegradationExplorer(photos=data_samples, image="missing.jpg", resolution=RESOLUTION)
     with pytest.raises(ValueError, match="either config or preset"):
-        DegradationExplorer(photos=data_samples, config=PRESETS["seed"], preset="seed")
+        DegradationExplorer(photos=data_samples, config=PRESETS["original_guide"], preset="original_guide")

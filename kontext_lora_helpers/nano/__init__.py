@@ -6,7 +6,6 @@ from .model import (
     build_nano_components,
     build_nano_pipeline,
     load_nano_components,
-    nano_call_kwargs,
     save_nano_weights,
 )
 from .tokenizers import NANO_MAX_SEQUENCE_LENGTH, build_clip_tokenizer, build_t5_tokenizer
@@ -20,6 +19,5 @@ __all__ = [
     "build_nano_pipeline",
     "build_t5_tokenizer",
     "load_nano_components",
-    "nano_call_kwargs",
     "save_nano_weights",
 ]

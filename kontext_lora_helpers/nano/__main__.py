@@ -53,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-lora", help="restore held-out crops with and without a trained LoRA (plain diffusers)")
     check.add_argument("lora_dir", type=Path, help="the training command's --output_dir")
-    check.add_argument("--seed_flags", action="store_true",
-                       help="degrade with the seed's flags (x8 down, noise 0.03, blur 1.2) instead of the course's")
+    check.add_argument("--original_guide_flags", "--seed_flags", dest="original_guide_flags", action="store_true",
+                       help="degrade with the original guide's flags (x8 down, noise 0.03, blur 1.2) instead of the "
+                       "course's (--seed_flags: the old name)")
     return parser
 
 
@@ -70,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_lora(args) -> int:
-    from .evaluate import RESTORATION_BAR, SEED_BAR, check_restoration_lora
+    from ..lora import LORA_WEIGHT_NAME
+    from .evaluate import GUIDE_BAR, RESTORATION_BAR, check_restoration_lora
 
-    if not (args.lora_dir / "pytorch_lora_weights.safetensors").is_file():
-        sys.exit(f"error: {args.lora_dir} holds no pytorch_lora_weights.safetensors; pass a training --output_dir.")
-    result = check_restoration_lora(args.lora_dir, SEED_BAR if args.seed_flags else RESTORATION_BAR)
+    if not (args.lora_dir / LORA_WEIGHT_NAME).is_file():
+        sys.exit(f"error: {args.lora_dir} holds no {LORA_WEIGHT_NAME}; pass a training --output_dir.")
+    result = check_restoration_lora(args.lora_dir, GUIDE_BAR if args.original_guide_flags else RESTORATION_BAR)
     print(json.dumps(result, indent=2))
     return 0
 

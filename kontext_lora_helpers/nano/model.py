@@ -37,7 +37,7 @@ from diffusers import (
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from .tokenizers import NANO_MAX_SEQUENCE_LENGTH, build_clip_tokenizer, build_t5_tokenizer
+from .tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 NANO_RESOLUTION = 64
 """Native side of nano images in pixels: 64x64 RGB -> 16x32x32 latents -> 256 tokens."""
@@ -235,17 +235,7 @@ def build_nano_pipeline(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bo
 
     Run it at its native size: ``pipe(image=img, prompt=p, height=64, width=64, max_area=64 * 64,
     _auto_resize=False, max_sequence_length=32)``; without those arguments the pipeline works at
-    1024x1024 with 512 text tokens, which nano was not trained for.
+    1024x1024 with 512 text tokens, which nano was not trained for. `models.call_kwargs(pipe, 64, 64)`
+    returns these arguments for any pipeline.
     """
     return FluxKontextPipeline(**load_nano_components(weights_dir, allow_missing=allow_missing))
-
-
-def nano_call_kwargs(height: int = NANO_RESOLUTION, width: int = NANO_RESOLUTION) -> dict:
-    """Keyword arguments that make `FluxKontextPipeline.__call__` work at nano's size and text length."""
-    return dict(
-        height=height,
-        width=width,
-        max_area=height * width,
-        _auto_resize=False,
-        max_sequence_length=NANO_MAX_SEQUENCE_LENGTH,
-    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,8 +18,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import latents as latent_ops
+from .. import metrics
 from ..data import pil_to_tensor, tensor_to_pil
 from ..degradations import PRESETS, apply_degradation
+from ..fileio import write_atomically
+from .model import NANO_RESOLUTION
+from .edits import EDITS, apply_edit, random_identity_prompt
 from .pool import CropPool, default_image_paths, held_out_batch
 
 
@@ -32,9 +35,8 @@ def _cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+    # A kill mid-save leaves the previous checkpoint intact.
+    write_atomically(path, lambda temporary: torch.save(obj, temporary))
 
 
 def _log(work_dir: Path, record: dict) -> None:
@@ -139,7 +141,7 @@ def train_vae(
             with torch.no_grad():
                 recon = vae.decode(vae.encode(evaluation).latent_dist.mode()).sample
             vae.train()
-            psnr = latent_ops.psnr_db(recon, evaluation)
+            psnr = metrics.psnr(recon, evaluation)
             _log(work_dir, {"stage": "vae", "step": step + 1, "loss": loss.item(), "held_out_psnr": psnr,
                             "seconds": time.time() - begun})
             _save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
@@ -152,47 +154,6 @@ def train_vae(
 
 
 # --- the editor --------------------------------------------------------------------------------------
-
-# Words the identity prompts are drawn from: neither the edits' trigger words nor any restoration
-# vocabulary, so "Restore this degraded photograph ..." stays an instruction nano never saw.
-_IDENTITY_WORDS = """
-a an the this that of to in on at for with and or is it image photo photograph picture scene
-please just keep leave same original copy unchanged as do nothing change edit make texture face
-portrait cat cup temple sky night day from by into over under very all every more less detail
-colour color red green blue yellow warm cool tint contrast saturation sharp quality high
-""".split()
-_IDENTITY_PHRASES = ("Keep the image unchanged", "Copy this photo", "Leave it as it is", "")
-
-EDITS = {
-    "flip": ("Flip the image horizontally", "Mirror the image left to right", "Flip it horizontally"),
-    "grayscale": ("Make it black and white", "Convert the photo to grayscale", "Make the image monochrome"),
-    "brighten": ("Make the image brighter", "Brighten the photo", "Make it lighter"),
-}
-"""The prompted edits nano learns, with the phrasings it was trained on."""
-
-
-def apply_edit(pixels: torch.Tensor, edit: str) -> torch.Tensor:
-    """Apply one of `EDITS` (or "identity") to (B, 3, H, W) images in [-1, 1]."""
-    if edit == "identity":
-        return pixels
-    if edit == "flip":
-        return pixels.flip(-1)
-    if edit == "grayscale":  # BT.601 luma, repeated on the three channels
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype).view(1, 3, 1, 1)
-        return (pixels * weights).sum(1, keepdim=True).expand_as(pixels).contiguous()
-    if edit == "brighten":  # lift the tones: 1 - 0.6 (1 - x) on the [0, 1] scale
-        unit = (pixels + 1) / 2
-        return (1 - 0.6 * (1 - unit)) * 2 - 1
-    raise ValueError(f"unknown edit {edit!r}; choose from identity, {', '.join(EDITS)}.")
-
-
-def random_identity_prompt(rng: np.random.Generator) -> str:
-    """An instruction that should leave the image unchanged: a stock phrase or 2-8 random words."""
-    if rng.random() < 0.3:
-        return _IDENTITY_PHRASES[rng.integers(len(_IDENTITY_PHRASES))]
-    words = rng.choice(_IDENTITY_WORDS, size=int(rng.integers(2, 9)))
-    return " ".join(words).capitalize()
-
 
 def editor_batch(pool: CropPool, batch_size: int, rng: np.random.Generator, identity_fraction: float = 0.55):
     """(control, target, prompts, edits): controls are photo crops, targets their edited versions."""
@@ -213,9 +174,9 @@ def _quick_identity_psnr(pipe, transformer) -> float:
     from .evaluate import UNSEEN_INSTRUCTION, run_pipeline
 
     transformer.eval()
-    clean = held_out_batch(64)
+    clean = held_out_batch(NANO_RESOLUTION)
     pipe.set_progress_bar_config(disable=True)
-    psnr = latent_ops.psnr_db(run_pipeline(pipe, clean, UNSEEN_INSTRUCTION, steps=10), clean)
+    psnr = metrics.psnr(run_pipeline(pipe, clean, UNSEEN_INSTRUCTION, steps=10), clean)
     transformer.train()
     return psnr
 
@@ -242,7 +203,6 @@ def train_editor(
     from diffusers import FluxKontextPipeline
 
     from .. import objective
-    from .model import NANO_RESOLUTION
     from .tokenizers import NANO_MAX_SEQUENCE_LENGTH
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +214,7 @@ def train_editor(
     rng = np.random.default_rng(seed + 2)
     generator = torch.Generator().manual_seed(seed + 3)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=0.01)
-    num_image_tokens = (NANO_RESOLUTION // latent_ops.pixel_multiple(vae)) ** 2
+    num_image_tokens = latent_ops.image_token_count(vae, NANO_RESOLUTION, NANO_RESOLUTION)
     mu = objective.calculate_shift(num_image_tokens, components["scheduler"].config)
     checkpoint_path = work_dir / "editor_checkpoint.pt"
     start = 0

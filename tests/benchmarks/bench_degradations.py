@@ -1,4 +1,4 @@
-"""Benchmark: how fast is the seed degradation pipeline, and is the widget preview interactive?
+"""Benchmark: how fast is the original guide's degradation pipeline, and is the widget preview interactive?
 
 Run from the repository root::
 
@@ -6,17 +6,18 @@ Run from the repository root::
 
 It measures two things on 512 x 512 crops of the colour photos in ``data_samples/``:
 
-1. **Throughput** of the seed pipeline (downsample x8, Gaussian noise 0.05, blur radius 1.0,
-   JPEG quality 75) in images per second, for ``kontext_lora_helpers.degradations`` (sampling
-   the record *and* applying it, as the dataset does) and for ``reference_seed_pipeline`` below:
-   the straightforward implementation of the same four steps that the seed's description
-   suggests (PIL for resize, blur and JPEG; the noise with ``np.random.normal`` on a float copy,
-   as it is usually written). The two run interleaved, round after round, so that load from other
-   processes hits both alike; the ratio is ours / reference (target: >= 1.0).
-2. **Widget preview latency**: median milliseconds for one 512 x 512 image through the seed
-   pipeline with ``apply_degradation`` (target: well under 100 ms), and the same plus encoding
-   the result as PNG (``compress_level=1``; the default level 6 alone takes ~100 ms at 512 px),
-   which is what an ``ipywidgets.Image`` needs.
+1. **Throughput** of the original guide's pipeline (downsample x8, Gaussian noise 0.05, blur
+   radius 1.0, JPEG quality 75) in images per second, for ``kontext_lora_helpers.degradations``
+   (sampling the record *and* applying it, as the dataset does) and for
+   ``reference_guide_pipeline`` below: the straightforward implementation of the same four steps
+   that the original guide's description suggests (PIL for resize, blur and JPEG; the noise with
+   ``np.random.normal`` on a float copy, as it is usually written). The two run interleaved, round
+   after round, so that load from other processes hits both alike; the ratio is ours / reference
+   (target: >= 1.0).
+2. **Widget preview latency**: median milliseconds for one 512 x 512 image through the original
+   guide's pipeline with ``apply_degradation`` (target: well under 100 ms), and the same plus
+   encoding the result as PNG (``compress_level=1``; the default level 6 alone takes ~100 ms at
+   512 px), which is what an ``ipywidgets.Image`` needs.
 
 This is not a pytest test (``tests/benchmarks`` is not collected); numbers depend on the machine.
 """
@@ -42,14 +43,14 @@ from kontext_lora_helpers.images import find_usable_images, load_rgb  # noqa: E4
 SIZE = 512
 
 
-def reference_seed_pipeline(
+def reference_guide_pipeline(
     image: Image.Image,
     lr_scale: int = 8,
     noise_level: float = 0.05,
     blur_radius: float = 1.0,
     jpeg_quality: int = 75,
 ) -> Image.Image:
-    """The seed's four steps written the plain way (the baseline to beat)."""
+    """The original guide's four steps written the plain way (the baseline to beat)."""
     width, height = image.size
     image = image.resize((width // lr_scale, height // lr_scale), Image.BICUBIC)
     image = image.resize((width, height), Image.BICUBIC)
@@ -81,16 +82,16 @@ def sample_photos(count: int) -> list[Image.Image]:
 
 def throughput(rounds: int, count: int) -> tuple[float, float]:
     photos = sample_photos(count)
-    config = PRESETS["seed"]
+    config = PRESETS["original_guide"]
     np.random.seed(0)
     for photo in photos[:4]:  # warm-up: imports, caches, allocator
-        reference_seed_pipeline(photo)
+        reference_guide_pipeline(photo)
         apply_degradation(photo, config, seed=0)
     ours_seconds = reference_seconds = 0.0
     for round_index in range(rounds):
         start = time.perf_counter()
         for photo in photos:
-            reference_seed_pipeline(photo)
+            reference_guide_pipeline(photo)
         reference_seconds += time.perf_counter() - start
         start = time.perf_counter()
         for index, photo in enumerate(photos):
@@ -102,7 +103,7 @@ def throughput(rounds: int, count: int) -> tuple[float, float]:
 
 def preview_latency(repeats: int) -> tuple[float, float]:
     photo = sample_photos(1)[0]
-    config = PRESETS["seed"]
+    config = PRESETS["original_guide"]
     plain, with_png = [], []
     for index in range(repeats):
         start = time.perf_counter()
@@ -123,7 +124,8 @@ def main() -> None:
     args = parser.parse_args()
 
     ours, reference = throughput(args.rounds, args.images)
-    print(f"seed pipeline on {SIZE}x{SIZE} photos, {args.rounds} rounds x {args.images} images")
+    print(f"original guide's pipeline on {SIZE}x{SIZE} photos, {args.rounds} rounds x {args.images} "
+          "images")
     print(f"  kontext_lora_helpers.degradations: {ours:8.1f} images/s")
     print(f"  reference (plain PIL + np.random): {reference:8.1f} images/s")
     print(f"  ratio ours / reference:            {ours / reference:8.2f}x   (target >= 1.0)")

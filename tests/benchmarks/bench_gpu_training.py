@@ -99,6 +99,7 @@ import diffusers_reference_step as reference  # noqa: E402
 from bench_training_step import make_project_step, make_reference_step  # noqa: E402
 from kontext_lora_helpers import lora as lora_ops  # noqa: E402
 from kontext_lora_helpers import objective, train  # noqa: E402
+from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT  # noqa: E402
 
 FLUX1_DEV_TRANSFORMER_CONFIG = dict(
     patch_size=1,
@@ -139,7 +140,7 @@ TINY_TRANSFORMER_CONFIG = dict(
 TINY_VAE_CONFIG = dict(FLUX1_VAE_CONFIG, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8,
                        sample_size=128)
 
-PROMPT = train.DEFAULT_INSTANCE_PROMPT
+PROMPT = DEFAULT_INSTANCE_PROMPT
 JSON_NAME, MARKDOWN_NAME = "gpu_training.json", "gpu_training.md"
 
 

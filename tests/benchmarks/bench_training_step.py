@@ -89,7 +89,7 @@ def make_project_step(transformer, vae, cache, config: train.TrainConfig, mu, gu
     follows ``config.mixed_precision`` as in the loop."""
     from diffusers.optimization import get_scheduler
 
-    optimizer = train._make_optimizer(lora_ops.lora_parameters(transformer), config)
+    optimizer = train.make_optimizer(lora_ops.lora_parameters(transformer), config)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+from .files import LORA_WEIGHT_NAME, LoraFileError
+
 
 DOUBLE_BLOCK_TARGETS = (
     "attn.to_q",
@@ -179,10 +180,30 @@ def save_lora(transformer, output_dir, adapter_name: str = "default", weight_nam
     return output_dir / weight_name
 
 
+def load_lora_into(transformer, folder, weight_name: str = LORA_WEIGHT_NAME, adapter_name: str = "default") -> None:
+    """Load ``folder/<weight_name>`` (a diffusers-layout file `save_lora` wrote) into the
+    transformer's existing adapter, exactly (float32 in, float32 out); used to resume training.
+
+    Raises:
+        LoraFileError: the file has LoRA weights for layers this adapter lacks.
+    """
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(folder) / weight_name))
+    state = {key.removeprefix("transformer."): value for key, value in saved.items()}
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise LoraFileError(f"{Path(folder) / weight_name} has LoRA weights this model lacks: {unexpected[:3]} ...")
+
+
 class LoraEMA:
     """An exponential moving average of the LoRA weights (float32), the weights a run exports.
 
-    After optimizer step ``k`` (1, 2, ...): ``ema = d * ema + (1 - d) * w`` with
+    The averaging is diffusers' `EMAModel` (the one its training scripts use); this class gives it
+    the LoRA's parameter names, so the average can be saved as a LoRA file and loaded back. After
+    optimizer step ``k`` (1, 2, ...): ``ema = d * ema + (1 - d) * w`` with
     ``d = min(decay, (1 + k) / (10 + k))``: the warm-up term lets the average follow the fast early
     changes, then it averages over about ``1 / (1 - decay)`` steps. With a high learning rate the
     weights keep jittering around where the loss is low; their average sits closer to it (on nano,
@@ -194,50 +215,64 @@ class LoraEMA:
     """
 
     def __init__(self, transformer: nn.Module, decay: float):
+        from diffusers.training_utils import EMAModel
+
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
         self.decay = float(decay)
         self.parameters = {name: p for name, p in transformer.named_parameters() if "lora_" in name}
         if not self.parameters:
             raise ValueError("the model has no LoRA parameters to average")
-        self.shadow = {name: p.detach().float().clone() for name, p in self.parameters.items()}
+        # EMAModel's warm-up counts from step k - 1 - update_after_step; -1 makes it (1 + k) / (10 + k).
+        self.average = EMAModel(list(self.parameters.values()), decay=self.decay, update_after_step=-1)
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The averaged weights by parameter name (the tensors themselves, not copies)."""
+        return dict(zip(self.parameters, self.average.shadow_params))
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps folded in so far."""
+        return int(self.average.optimization_step)
 
     def decay_at(self, step: int) -> float:
         """The decay used after optimizer step `step` (1-based)."""
-        return min(self.decay, (1 + step) / (10 + step))
+        return float(self.average.get_decay(step))
 
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Fold the current weights in, after optimizer step `step`."""
-        weight = 1 - self.decay_at(step)
-        for name, parameter in self.parameters.items():
-            self.shadow[name].lerp_(parameter.detach().float(), weight)
+    def update(self) -> None:
+        """Fold the current weights in, after one optimizer step."""
+        self.average.step(list(self.parameters.values()))
 
     @contextmanager
     def applied(self):
         """Inside the block the model holds the averaged weights; the trained ones come back after."""
-        trained = {name: p.detach().clone() for name, p in self.parameters.items()}
+        parameters = list(self.parameters.values())
+        self.average.store(parameters)
         try:
-            with torch.no_grad():
-                for name, parameter in self.parameters.items():
-                    parameter.copy_(self.shadow[name].to(parameter.dtype))
+            self.average.copy_to(parameters)
             yield self
         finally:
-            with torch.no_grad():
-                for name, parameter in self.parameters.items():
-                    parameter.copy_(trained[name])
+            self.average.restore(parameters)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.clone() for name, tensor in self.shadow.items()}
+        return {name: tensor.detach().clone() for name, tensor in self.shadow.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Exactly the names this model's LoRA has; anything else is an error that names them."""
-        missing, unexpected = set(self.shadow) - set(state), set(state) - set(self.shadow)
+    def load_state_dict(self, state: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """Exactly the names this model's LoRA has; anything else is an error that names them.
+
+        Args:
+            step: the optimizer steps the average has seen (for the warm-up); None keeps the count.
+        """
+        missing, unexpected = set(self.parameters) - set(state), set(state) - set(self.parameters)
         if missing or unexpected:
             raise ValueError(f"EMA state does not match this LoRA: missing {sorted(missing)[:3]}, "
                              f"unexpected {sorted(unexpected)[:3]}")
-        for name, tensor in state.items():
-            self.shadow[name].copy_(tensor.float())
+        with torch.no_grad():
+            for name, shadow in self.shadow.items():
+                shadow.copy_(state[name].to(shadow.dtype))
+        if step is not None:
+            self.average.optimization_step = int(step)
 
 
 # --- looking inside -------------------------------------------------------------------------------
