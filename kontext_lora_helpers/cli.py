@@ -28,6 +28,7 @@ __all__ = ["VERBS", "fail", "main", "non_negative_int", "positive_int"]
 VERBS: dict[str, tuple[str, str]] = {
     "degrade": ("kontext_lora_helpers.degrade", "degrade photos and write PNGs with JSON records"),
     "train": ("kontext_lora_helpers.train", "train a restoration LoRA (the original guide's flags)"),
+    "preflight": ("kontext_lora_helpers.preflight", "memory and s/step of a training run on this machine, no download"),
     "restore": ("kontext_lora_helpers.restore", "restore photos with a trained LoRA"),
     "evaluate": ("kontext_lora_helpers.evaluate", "measure restored images against references"),
     "export": ("kontext_lora_helpers.export", "convert LoRA weights for diffusers or ComfyUI"),

@@ -121,9 +121,14 @@ def call_kwargs(pipe, height: int, width: int) -> dict:
 
 
 def model_source(name_or_path: str) -> str:
-    """'nano', 'local' or 'hub', or a ModelLoadError that says what would work."""
+    """'nano', 'random' (`random_kontext`'s twins), 'local' or 'hub', or a ModelLoadError that says
+    what would work."""
+    from .random_kontext import is_random_kontext
+
     if is_nano(name_or_path):
         return "nano"
+    if is_random_kontext(name_or_path):
+        return "random"
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.exists():
         if not path.is_dir():
@@ -140,8 +145,8 @@ def model_source(name_or_path: str) -> str:
     if len(parts) == 2 and all(parts) and not str(name_or_path).startswith((".", "~")):
         return "hub"
     raise ModelLoadError(
-        f"Unknown model {name_or_path!r}: not 'nano', not an existing folder, not a hub id like "
-        f"'{REAL_MODEL_ID}'."
+        f"Unknown model {name_or_path!r}: not 'nano', 'random-kontext' or 'random-kontext-shallow', not "
+        f"an existing folder, not a hub id like '{REAL_MODEL_ID}'."
     )
 
 
@@ -197,7 +202,9 @@ def load_pipeline(
     """Load a `FluxKontextPipeline` ready to run.
 
     Args:
-        name_or_path: "nano", a local diffusers folder, or a hub id (e.g. FLUX.1-Kontext-dev).
+        name_or_path: "nano", a local diffusers folder, a hub id (e.g. FLUX.1-Kontext-dev), or
+            "random-kontext" / "random-kontext-shallow": FLUX.1 Kontext's architecture with random
+            weights, created on the device (`random_kontext`; outputs are noise).
         device, dtype: see `choose_device_and_dtype`.
         quantize: "none" (or None), "nf4" (CUDA + bitsandbytes) or "int8" (optimum-quanto, CPU or GPU); applied
             to the transformer only, through diffusers' quantization configs.
@@ -228,6 +235,24 @@ def load_pipeline(
                 pipe.transformer = FluxTransformer2DModel.from_pretrained(
                     folder, quantization_config=quant_config, **{_DTYPE_ARGUMENT: choice.dtype}
                 )
+    elif source == "random":
+        from .random_kontext import build_random_kontext_components, random_transformer_folder
+
+        # Text encoders that will be offloaded are created on the CPU: a T4 cannot hold T5-XXL and the
+        # transformer at once.
+        text_device = torch.device("cpu") if text_encoder_offload else choice.device
+        components = build_random_kontext_components(name_or_path, choice.device, choice.dtype,
+                                                     text_device=text_device, transformer=quant_config is None)
+        if quant_config is not None:
+            # The real checkpoint's path: a transformer folder loaded with a quantization config.
+            with _quiet_diffusers():
+                components["transformer"] = FluxTransformer2DModel.from_pretrained(
+                    random_transformer_folder(name_or_path, choice.dtype), quantization_config=quant_config,
+                    **{_DTYPE_ARGUMENT: choice.dtype}
+                ).eval().requires_grad_(False)
+        from diffusers import FluxKontextPipeline
+
+        pipe = FluxKontextPipeline(**components)
     else:
         pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only)
 

@@ -14,12 +14,23 @@ Both are a `FluxKontextPipeline` like the real one, loaded with `models.load_pip
 by every command where a model path is (``--pretrained_model_name_or_path random-kontext``).
 **Their outputs are noise**: only shapes, memory and time mean anything. The tokenizers are built in
 code (nano's vocabularies, with the real models' vocabulary sizes in the encoders), so the text
-encoders see valid ids; the text length is the real 512 T5 tokens.
+encoders see valid ids. The text length is the real 512 T5 tokens for ``random-kontext`` and 64 for
+the shallow twin: on a CPU the 512-token text would cost eight times the image tokens it is paired
+with in the tests, and the text length is a sequence length, not a width.
+
+With a quantized base (``quantize="nf4"`` or ``"int8"``) the random transformer is first written as
+a sharded checkpoint, one block at a time (so the CPU never holds more than a block), into
+``$KONTEXT_LORA_CACHE`` (default ``~/.cache/kontext_lora_helpers``), and loaded from there with
+diffusers' ``from_pretrained(..., quantization_config=...)``: the path the real checkpoint takes.
+The folder is reused by later runs (23.8 GB in bf16 for ``random-kontext``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -28,13 +39,16 @@ __all__ = [
     "RANDOM_KONTEXT_SHALLOW",
     "TRANSFORMER_CONFIG",
     "VAE_CONFIG",
+    "build_random_kontext_components",
     "build_random_kontext_pipeline",
     "is_random_kontext",
+    "random_transformer_folder",
 ]
 
 RANDOM_KONTEXT = "random-kontext"
 RANDOM_KONTEXT_SHALLOW = "random-kontext-shallow"
-REAL_MAX_SEQUENCE_LENGTH = 512
+TEXT_LENGTHS = {RANDOM_KONTEXT: 512, RANDOM_KONTEXT_SHALLOW: 64}
+"""T5 tokens per prompt (the tokenizer's `model_max_length`, which `models.max_sequence_length_for` reads)."""
 
 # FLUX.1-Kontext-dev's transformer/config.json (diffusers' FluxTransformer2DModel).
 TRANSFORMER_CONFIG = dict(
@@ -106,27 +120,85 @@ def is_random_kontext(name_or_path) -> bool:
     return str(name_or_path).strip().lower() in (RANDOM_KONTEXT, RANDOM_KONTEXT_SHALLOW)
 
 
+def _checked_name(name: str) -> str:
+    name = str(name).strip().lower()
+    if name not in (RANDOM_KONTEXT, RANDOM_KONTEXT_SHALLOW):
+        raise ValueError(f"unknown random twin {name!r}; use {RANDOM_KONTEXT!r} or {RANDOM_KONTEXT_SHALLOW!r}")
+    return name
+
+
+def transformer_config(name: str) -> dict:
+    """The twin's `FluxTransformer2DModel` configuration."""
+    depths = SHALLOW_DEPTHS["transformer"] if _checked_name(name) == RANDOM_KONTEXT_SHALLOW else {}
+    return {**TRANSFORMER_CONFIG, **depths}
+
+
 @contextlib.contextmanager
-def _created_on(device: torch.device, dtype: torch.dtype):
-    """New parameters are created on `device` in `dtype` (no float32 copy on the CPU first)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
+def _created_on(device: torch.device, dtype: torch.dtype, generator: torch.Generator):
+    """Modules built in this block get their parameters created on `device` in `dtype`, filled by
+    `_initialise` (no float32 copy on the CPU first, and none of the libraries' slower inits)."""
+    from accelerate import init_empty_weights
+
+    built: list[torch.nn.Module] = []
+    with init_empty_weights(include_buffers=False):
+        yield built
+    for module in built:
+        _materialise(module, device, dtype, generator)
+
+
+_POOL_SIZE = 1_000_003
+"""Random values are drawn once into a pool of this (prime) length and tiled over each weight:
+drawing 12 B values one by one costs minutes on a CPU, tiling costs a memory copy. The period is
+prime, so no two rows of a weight start at the same place in it."""
+
+
+@torch.no_grad()
+def _initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random weights in +-1/sqrt(fan_in) (PyTorch's default range), biases 0, norm scales 1."""
+    pool = None
+    for name, parameter in module.named_parameters():
+        if parameter.ndim >= 2:
+            if pool is None:
+                pool = torch.empty(_POOL_SIZE, dtype=torch.float32).uniform_(-1, 1, generator=generator)
+                pool = pool.to(parameter.device)
+            bound = 1.0 / math.sqrt(math.prod(parameter.shape[1:]))
+            flat = parameter.view(-1)
+            for start in range(0, flat.numel(), _POOL_SIZE):
+                chunk = flat[start:start + _POOL_SIZE]
+                chunk.copy_(pool[:chunk.numel()] * bound)
+        elif name.endswith("bias"):
+            parameter.zero_()
+        else:
+            parameter.fill_(1.0)
+
+
+@torch.no_grad()
+def _materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 generator: torch.Generator) -> None:
+    """Replace a module's meta parameters by random ones on `device` in `dtype` (buffers stay)."""
+    for submodule in module.modules():
+        for name, parameter in list(submodule._parameters.items()):
+            if parameter is not None and parameter.is_meta:
+                submodule._parameters[name] = torch.nn.Parameter(
+                    torch.empty(parameter.shape, device=device, dtype=dtype), requires_grad=False)
+    module.to(device)  # buffers (position ids, ...) were made on the CPU
+    _initialise(module, generator)
+    if hasattr(module, "tie_weights"):  # T5 shares its input embedding with the encoder's
+        module.tie_weights()
 
 
 def build_random_kontext_components(name: str, device: str | torch.device = "cpu",
                                     dtype: torch.dtype = torch.float32, seed: int = 0,
+                                    text_device: str | torch.device | None = None,
                                     transformer: bool = True) -> dict:
     """The seven `FluxKontextPipeline` components of a random-weight twin, eval mode, frozen.
 
     Args:
         name: "random-kontext" or "random-kontext-shallow".
         device, dtype: where and in which precision the weights are created.
-        seed: seeds the random initialisation (on `device`'s generator).
+        seed: seeds the random initialisation.
+        text_device: where the text encoders are created (default `device`; the CPU when they
+            will be offloaded).
         transformer: False leaves the transformer out (None), for loading it quantized instead.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -135,31 +207,79 @@ def build_random_kontext_components(name: str, device: str | torch.device = "cpu
     from .nano.model import SCHEDULER_CONFIG
     from .nano.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-    name = str(name).strip().lower()
-    if name not in (RANDOM_KONTEXT, RANDOM_KONTEXT_SHALLOW):
-        raise ValueError(f"unknown random twin {name!r}; use {RANDOM_KONTEXT!r} or {RANDOM_KONTEXT_SHALLOW!r}")
+    name = _checked_name(name)
     depths = SHALLOW_DEPTHS if name == RANDOM_KONTEXT_SHALLOW else {}
     device = torch.device(device)
+    text_device = device if text_device is None else torch.device(text_device)
     tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_t5_tokenizer(max_length=REAL_MAX_SEQUENCE_LENGTH)
+    tokenizer_2 = build_t5_tokenizer(max_length=TEXT_LENGTHS[name])
     clip_config = CLIPTextConfig(**{**CLIP_CONFIG, **depths.get("text_encoder", {})},
                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.eos_token_id)
     t5_config = T5Config(**{**T5_CONFIG, **depths.get("text_encoder_2", {})}, pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(seed)
-    with _created_on(device, dtype):
-        components = dict(
-            vae=AutoencoderKL(**VAE_CONFIG),
-            text_encoder=CLIPTextModel(clip_config),
-            text_encoder_2=T5EncoderModel(t5_config),
-            transformer=FluxTransformer2DModel(**{**TRANSFORMER_CONFIG, **depths.get("transformer", {})})
-            if transformer else None,
-        )
+    generator = torch.Generator().manual_seed(seed)
+    components = {}
+    with _created_on(text_device, dtype, generator) as built:
+        components["text_encoder"] = CLIPTextModel(clip_config)
+        components["text_encoder_2"] = T5EncoderModel(t5_config)
+        built += [components["text_encoder"], components["text_encoder_2"]]
+    with _created_on(device, dtype, generator) as built:
+        components["vae"] = AutoencoderKL(**VAE_CONFIG)
+        components["transformer"] = FluxTransformer2DModel(**transformer_config(name)) if transformer else None
+        built += [module for module in (components["vae"], components["transformer"]) if module is not None]
     for module in components.values():
         if module is not None:
             module.eval().requires_grad_(False)
     return dict(components, scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("KONTEXT_LORA_CACHE", "~/.cache/kontext_lora_helpers")).expanduser()
+
+
+def random_transformer_folder(name: str, dtype: torch.dtype, seed: int = 0) -> Path:
+    """A diffusers transformer folder (config.json, sharded safetensors and their index) holding
+    the twin's random weights in `dtype`; written once, one block at a time, then reused.
+
+    Returns:
+        the folder, under ``$KONTEXT_LORA_CACHE`` (default ``~/.cache/kontext_lora_helpers``).
+    """
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from .fileio import write_json_atomically
+
+    name = _checked_name(name)
+    folder = _cache_root() / f"{name}-{str(dtype).removeprefix('torch.')}-seed{seed}" / "transformer"
+    index_path = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index_path.is_file():  # written last: the folder is complete
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with init_empty_weights():
+        model = FluxTransformer2DModel(**transformer_config(name))
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for child_name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            parts += [(f"{child_name}.{index}", block) for index, block in enumerate(child)]
+        else:
+            parts.append((child_name, child))
+    weight_map, total_size = {}, 0
+    for number, (prefix, part) in enumerate(parts):
+        part.to_empty(device="cpu")
+        _initialise(part, generator)
+        state = {f"{prefix}.{key}": value.to(dtype).contiguous() for key, value in part.state_dict().items()}
+        shard = f"diffusion_pytorch_model-{number + 1:05d}-of-{len(parts):05d}.safetensors"
+        if state:
+            save_file(state, str(folder / shard), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(state, shard))
+            total_size += sum(value.numel() * value.element_size() for value in state.values())
+        part.to("meta")  # free this block before the next one
+    model.save_config(folder)
+    write_json_atomically(index_path, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+    return folder
 
 
 def build_random_kontext_pipeline(name: str, device: str | torch.device = "cpu",

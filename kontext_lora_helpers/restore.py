@@ -63,7 +63,7 @@ from .inference import (
     working_size,
 )
 from .lora import LoraFileError, check_lora_fits
-from .models import GUIDANCE_SCALE
+from .models import GUIDANCE_SCALE, QUANTIZE_CHOICES
 from .prompts import DEFAULT_INSTANCE_PROMPT
 
 __all__ = [
@@ -224,6 +224,8 @@ def plan_tiles(width: int, height: int, native_side: int, multiple: int, overlap
     Args:
         overlap: pixels shared by neighbouring tiles (also the blend ramp); None means a quarter tile.
     """
+    if native_side % multiple:
+        raise ValueError(f"tile side {native_side} must be a multiple of {multiple} (the model's pixel multiple)")
     if width * height <= native_side * native_side or min(width, height) < multiple:
         return None
     tile_w = min(native_side, width // multiple * multiple)
@@ -269,6 +271,7 @@ def restore_image(
     tile: bool = False,
     tile_overlap: int | None = None,
     batch_size: int = 4,
+    tile_size: int | None = None,
 ) -> Image.Image:
     """Restore one image of any size; returns an 8-bit RGB PIL image of exactly its size.
 
@@ -278,10 +281,12 @@ def restore_image(
             resolution (see the module docstring); smaller ones run whole either way.
         tile_overlap: pixels shared by neighbouring tiles; None means a quarter of a tile.
         batch_size: tiles per pipeline call.
+        tile_size: the tiles' side; None means the model's native side (1024 for FLUX.1 Kontext).
+            Smaller tiles need less memory per call and see less context.
     """
     image = image.convert("RGB")
     native, multiple = model_geometry(pipe)
-    layout = plan_tiles(*image.size, native, multiple, tile_overlap) if tile else None
+    layout = plan_tiles(*image.size, tile_size or native, multiple, tile_overlap) if tile else None
     if layout is None:
         return restore_batch(pipe, [image], prompt, num_inference_steps, guidance_scale, seed)[0]
     steps = default_num_inference_steps(pipe) if num_inference_steps is None else int(num_inference_steps)
@@ -301,6 +306,7 @@ def restore_images(
     tile: bool = False,
     tile_overlap: int | None = None,
     batch_size: int = 4,
+    tile_size: int | None = None,
 ) -> list[Image.Image]:
     """Restore many images of any sizes; images of one size share pipeline calls (``batch_size``
     at a time), tiled images batch their tiles. Returns RGB images in the input order, each of its
@@ -309,9 +315,10 @@ def restore_images(
     whole: dict[tuple[int, int], list[int]] = {}
     native, multiple = model_geometry(pipe)
     for index, image in enumerate(images):
-        if tile and plan_tiles(*image.size, native, multiple, tile_overlap) is not None:
+        if tile and plan_tiles(*image.size, tile_size or native, multiple, tile_overlap) is not None:
             results[index] = restore_image(pipe, image, prompt, num_inference_steps, guidance_scale, seed,
-                                           tile=True, tile_overlap=tile_overlap, batch_size=batch_size)
+                                           tile=True, tile_overlap=tile_overlap, batch_size=batch_size,
+                                           tile_size=tile_size)
         else:
             whole.setdefault(image.size, []).append(index)
     for indices in whole.values():
@@ -353,12 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="restore images larger than the model's native area tile by tile at full resolution")
     parser.add_argument("--tile_overlap", type=non_negative_int, default=None,
                         help="pixels shared by neighbouring tiles; None means a quarter tile")
+    parser.add_argument("--tile_size", type=positive_int, default=None,
+                        help="side of the tiles in pixels; None means the model's native side (1024 for FLUX)")
     parser.add_argument("--batch_size", type=positive_int, default=1,
                         help="images (or tiles) per pipeline call")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ...; None means CUDA when available")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="None means bf16 on Ampere or newer GPUs, fp16 on older ones, fp32 on CPU")
-    parser.add_argument("--quantize", default=None, choices=["nf4", "int8"], help="quantize the base transformer (nf4 needs CUDA and bitsandbytes)")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                        help="quantize the base transformer (nf4 needs CUDA and bitsandbytes; int8 optimum-quanto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -485,12 +495,13 @@ def main(argv: list[str] | None = None) -> int:
             skipped += 1
             continue
         try:
-            layout = plan_tiles(*image.size, native, multiple, args.tile_overlap) if args.tile else None
+            layout = plan_tiles(*image.size, args.tile_size or native, multiple, args.tile_overlap) if args.tile else None
         except ValueError as error:  # an overlap as long as the tile
             return fail(f"{job[0]}: {error}")
         if layout is not None:
             restored = restore_image(pipe, image, args.prompt, steps, args.guidance_scale, args.seed, tile=True,
-                                     tile_overlap=args.tile_overlap, batch_size=args.batch_size)
+                                     tile_overlap=args.tile_overlap, batch_size=args.batch_size,
+                                     tile_size=args.tile_size)
             finish(job, image, restored, layout)
         else:
             if pending and pending[0][1].size != image.size:

@@ -25,12 +25,12 @@ STAGES: dict[str, int] = {
     # 01 degradations
     "degradations": 1, "prompts": 1, "degrade": 1,
     # 02 pairs, the model, latents, running the pipeline
-    "data": 2, "pairs": 2, "models": 2, "latents": 2, "inference": 2,
+    "data": 2, "pairs": 2, "models": 2, "latents": 2, "inference": 2, "random_kontext": 2,
     "nano": 2, "nano.model": 2, "nano.tokenizers": 2, "nano.pool": 2, "nano.edits": 2,
     # 03 objective, loss, LoRA
     "objective": 3, "losses": 3, "lora": 3,
     # 04 training
-    "train": 4, "gpu_settings": 4,
+    "train": 4, "gpu_settings": 4, "preflight": 4,
     # 05 restoration
     "restore": 5, "evaluate": 5, "export": 5,
     # tools that build and check nano with everything above

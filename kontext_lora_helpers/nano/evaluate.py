@@ -125,7 +125,7 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
         "lora_psnr": psnr(restored, clean),
         "num_images": len(clean),
         "num_inference_steps": steps,
-        "degradation": degradation.to_dict(),
+        "degradation": " ".join(degradation.to_cli_flags()),
     }
     results["lora_minus_base_db"] = results["lora_psnr"] - results["base_psnr"]
     results["lora_minus_degraded_db"] = results["lora_psnr"] - results["degraded_psnr"]

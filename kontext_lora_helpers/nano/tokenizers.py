@@ -63,8 +63,9 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
 
 
-def build_t5_tokenizer() -> T5TokenizerFast:
-    """A word-level unigram `T5TokenizerFast` with character fallback; `model_max_length` = 32.
+def build_t5_tokenizer(max_length: int = NANO_MAX_SEQUENCE_LENGTH) -> T5TokenizerFast:
+    """A word-level unigram `T5TokenizerFast` with character fallback; `model_max_length` = 32 for
+    nano (`max_length`: 512 for the random twins of FLUX.1 Kontext, `random_kontext`).
 
     Both spellings of a known word are pieces (``photo`` and ``Photo``), as prompts start with capitals.
     """
@@ -83,4 +84,4 @@ def build_t5_tokenizer() -> T5TokenizerFast:
             if piece not in seen:
                 pieces.append((piece, -12.0))
                 seen.add(piece)
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=NANO_MAX_SEQUENCE_LENGTH)
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
