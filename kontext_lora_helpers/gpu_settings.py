@@ -194,3 +194,79 @@ def notebook_settings(model: str, **overrides):
     if is_nano(model):
         return TrainConfig(**{"max_train_steps": NOTEBOOK_NANO_STEPS, **overrides})
     return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a notebook loads and runs its model on this machine, chosen by `run_settings`.
+
+    Attributes:
+        model: the `MODEL` the notebook names.
+        card: the `GPU_SETTINGS` key of the detected GPU, "GPU" for another one, or "CPU".
+        quantize: "none", "nf4" or "int8" (the frozen transformer; `models.QUANTIZE_CHOICES`).
+        text_encoder_offload: CLIP and T5 stay on the CPU and visit the GPU only while they run.
+        vae_slicing, vae_tiling: decode a batch image by image / a large image tile by tile.
+        gradient_checkpointing: recompute activations in backward (notebook 03's backward passes).
+        resolution: the side notebooks 02 and 03 crop their photos to (None: the model's native side).
+        batch_size: images per batch in notebooks 02 and 03.
+    """
+
+    model: str
+    card: str
+    quantize: str = "none"
+    text_encoder_offload: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    gradient_checkpointing: bool = False
+    resolution: int | None = None
+    batch_size: int = 4
+
+    def pipeline_kwargs(self) -> dict:
+        """The keyword arguments of `models.load_pipeline` (device and dtype are chosen there)."""
+        return dict(quantize=self.quantize, text_encoder_offload=self.text_encoder_offload,
+                    vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)
+
+    def __str__(self) -> str:
+        options = [name for name in ("text_encoder_offload", "vae_slicing", "vae_tiling", "gradient_checkpointing")
+                   if getattr(self, name)]
+        return (f"{self.model} on {self.card}: {self.quantize} base, "
+                f"{self.resolution or 'native'} px, batch {self.batch_size}"
+                + (f", {', '.join(options)}" if options else ""))
+
+
+def run_settings(model: str, gpu: str | None = "detect", memory_gb: float | None = None) -> RunSettings:
+    """The `RunSettings` for `model` on this machine (or on the card named by `gpu`).
+
+    nano (and the CPU-sized twin ``random-kontext-shallow``) run as they are. The real model:
+
+    * 40 GB and more (A100, H100): bf16 base (23.8 GB), text encoders offloaded while training-size
+      activations are about;
+    * 20-40 GB (L4, RTX 4090): NF4 base (6.7 GB), text encoders offloaded, VAE slicing and tiling;
+    * under 20 GB (T4): the same, batch 1.
+
+    Args:
+        gpu: "detect" (the visible GPU), a `GPU_SETTINGS` key, or None for no GPU.
+        memory_gb: the card's memory when `gpu` is another name (read from the device when detected).
+    """
+    import torch
+
+    from .models import is_nano
+    from .random_kontext import RANDOM_KONTEXT_SHALLOW
+
+    if gpu == "detect":
+        gpu = detect_gpu() or ("GPU" if torch.cuda.is_available() else None)
+        if gpu == "GPU" and memory_gb is None:
+            memory_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+    if gpu in GPU_SETTINGS:
+        memory_gb = GPU_SETTINGS[gpu].memory_gb
+    card = gpu or "CPU"
+    if is_nano(model):
+        return RunSettings(model, card)
+    if str(model).strip().lower() == RANDOM_KONTEXT_SHALLOW or gpu is None:
+        # on a CPU only the shallow twin is affordable: small crops, one image at a time
+        return RunSettings(model, card, resolution=64, batch_size=1, gradient_checkpointing=True)
+    if (memory_gb or 0) >= 40:
+        return RunSettings(model, card, text_encoder_offload=True, gradient_checkpointing=True,
+                           resolution=512, batch_size=2)
+    return RunSettings(model, card, quantize="nf4", text_encoder_offload=True, vae_slicing=True, vae_tiling=True,
+                       gradient_checkpointing=True, resolution=512, batch_size=1 if (memory_gb or 0) < 20 else 2)

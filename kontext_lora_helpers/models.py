@@ -256,6 +256,12 @@ def load_pipeline(
     else:
         pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only)
 
+    # Frozen: a pipeline loaded from a folder has trainable weights, and the first loss computed
+    # through a 12 B transformer would keep a graph over all of them. `lora.add_lora` makes the
+    # adapter (only) trainable.
+    for component in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        if component is not None:
+            component.requires_grad_(False)
     if quant_config is None and pipe.transformer.dtype != choice.dtype:
         pipe.to(dtype=choice.dtype)
     if text_encoder_offload and choice.device.type == "cuda":

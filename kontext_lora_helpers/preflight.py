@@ -97,12 +97,15 @@ def _settings_line(config: TrainConfig) -> str:
     return ", ".join(parts)
 
 
-def preflight(config: TrainConfig, steps: int = 3, say=print) -> PreflightReport:
+def preflight(config: TrainConfig, steps: int = 3, memory_gb: float | None = None, say=print) -> PreflightReport:
     """Run `steps` optimizer steps and one validation restoration of `config` on its model's twin.
 
     Args:
         config: the training settings as the user gave them (any model name).
         steps: optimizer steps to run (at least 2: the first, which warms up, is not timed).
+        memory_gb: on a GPU, let PyTorch use only this much of it
+            (`torch.cuda.set_per_process_memory_fraction`), to try a smaller card's budget on a
+            bigger one; "fits" then compares against it. Speed stays the bigger card's.
 
     Raises:
         ConfigError: settings the trainer refuses (checked before anything is built).
@@ -124,6 +127,9 @@ def preflight(config: TrainConfig, steps: int = 3, say=print) -> PreflightReport
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            if memory_gb is not None:
+                total = torch.cuda.get_device_properties(device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 1e9 / total), device)
         say(f"pre-flight: {twin} (FLUX.1 Kontext's architecture with random weights; outputs are noise) "
             f"standing in for {config.pretrained_model_name_or_path}")
         last = [time.perf_counter()]
@@ -142,6 +148,8 @@ def preflight(config: TrainConfig, steps: int = 3, say=print) -> PreflightReport
         if result["status"] != "completed":
             raise KeyboardInterrupt
     name, total_gb = _device_name(device)
+    if memory_gb is not None and total_gb is not None:
+        name, total_gb = f"{name} capped at {memory_gb:g} GB", min(total_gb, memory_gb)
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_reserved(device) / 1e9, "GPU memory reserved by PyTorch"
     else:
@@ -205,6 +213,8 @@ def build_parser_with_preflight_flags() -> argparse.ArgumentParser:
     group.add_argument("--preflight_steps", type=positive_int, default=3,
                        help="optimizer steps to run (the first is not timed)")
     group.add_argument("--preflight_json", default=None, help="also write the report as JSON to this file")
+    group.add_argument("--preflight_memory_gb", type=float, default=None,
+                       help="on a GPU, use at most this much memory: a smaller card's budget on a bigger card")
     return parser
 
 
@@ -214,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = parse_args(argv, parser)
     try:
-        report = preflight(config, steps=args.preflight_steps)
+        report = preflight(config, steps=args.preflight_steps, memory_gb=args.preflight_memory_gb)
     except (ConfigError, TrainingDiverged, ValueError) as error:
         return fail(str(error))
+    except torch.cuda.OutOfMemoryError as error:
+        budget = f"{args.preflight_memory_gb:g} GB" if args.preflight_memory_gb else "this card"
+        return fail(f"does NOT fit {budget}: out of GPU memory ({str(error).splitlines()[0]})")
     print(format_report(report))
     if args.preflight_json:
         write_json_atomically(args.preflight_json, asdict(report))

@@ -52,15 +52,16 @@ if importlib.util.find_spec("kontext_lora_helpers") is None:
 # %%
 import torch
 
-from kontext_lora_helpers import latents, viz
+from kontext_lora_helpers import gpu_settings, latents, viz
 from kontext_lora_helpers.course import data_samples, held_out_dir
 from kontext_lora_helpers.data import DegDataset, PairedDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-pipe = load_pipeline(MODEL)
-RESOLUTION = native_resolution(pipe)  # 64 for nano; try 512 or 1024 with the real model
+RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, VAE slicing for the card found
+pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
+RESOLUTION = RUN.resolution or native_resolution(pipe)  # 64 for nano, 512 for the real model
 print(format_description(describe_pipeline(pipe)))
 
 # %% [markdown]

@@ -50,16 +50,17 @@ if importlib.util.find_spec("kontext_lora_helpers") is None:
 # %%
 import torch
 
-from kontext_lora_helpers import lora, losses, objective, viz, viz_objective
+from kontext_lora_helpers import gpu_settings, lora, losses, objective, viz, viz_objective
 from kontext_lora_helpers.course import held_out_dir
 from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-pipe = load_pipeline(MODEL)
-RESOLUTION = native_resolution(pipe) if MODEL == "nano" else 512  # 512 px keeps a 12 B backward affordable
-BATCH = 4 if MODEL == "nano" else 1
+RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, checkpointing for the card found
+pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
+RESOLUTION = RUN.resolution or native_resolution(pipe)  # 512 px keeps a 12 B backward affordable
+BATCH = RUN.batch_size
 device, dtype = pipe.transformer.device, pipe.transformer.dtype
 
 # %% [markdown]
@@ -194,6 +195,8 @@ viz_objective.show_x0_estimates(pipe.vae, target_pixels[:1], noisy_by_sigma, x0_
 # %%
 # NBVAL_CHECK_OUTPUT
 lora.add_lora(pipe.transformer, rank=16)
+if RUN.gradient_checkpointing:  # the real model: recompute activations in backward instead of storing them
+    pipe.transformer.enable_gradient_checkpointing()
 print(lora.describe_parameters(pipe.transformer))
 print("adapted layers:", len(lora.default_target_modules(pipe.transformer)))
 
@@ -241,12 +244,18 @@ print(losses.vgg_weights_notice(vgg))
 # sends). The perceptual term is gated: each sample is weighted by `1 - sigma`.
 
 # %%
-step = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
-perceptual = losses.perceptual_term(vgg, pipe.vae, step.x0_hat_latents(), target_pixels, sigmas, gate="linear")
+def flow_matching_step():
+    return objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
+
+
+# Two forward passes, one per term, so no graph is kept between the backward passes.
 pipe.transformer.zero_grad(set_to_none=True)
-step.loss.backward(retain_graph=True)
+step = flow_matching_step()
+step.loss.backward()
 l2_pull = lora.lora_gradient_norm(pipe.transformer)
 pipe.transformer.zero_grad(set_to_none=True)
+perceptual = losses.perceptual_term(vgg, pipe.vae, flow_matching_step().x0_hat_latents(), target_pixels, sigmas,
+                                    gate="linear")
 perceptual.backward()
 print(f"L2 (flow matching) {step.loss.item():.4f}   gradient norm on LoRA {l2_pull:.4f}")
 vgg_pull = lora.lora_gradient_norm(pipe.transformer)

@@ -108,9 +108,10 @@ if not (LORA_DIR / LORA_WEIGHT_NAME).is_file():
     train(config.replace(resume_from_checkpoint="latest"), progress_bar=False)
 print(f"LoRA: {LORA_DIR / LORA_WEIGHT_NAME} ({(LORA_DIR / LORA_WEIGHT_NAME).stat().st_size / 1024:.0f} KB)")
 
-pipe = load_pipeline(MODEL)
+RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, VAE slicing for the card found
+pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
 NATIVE, MULTIPLE = native_resolution(pipe), pixel_multiple(pipe.vae)
-RESOLUTION = NATIVE if MODEL == "nano" else 512  # the size the LoRA was trained at (notebook 04)
+RESOLUTION = RUN.resolution or NATIVE  # the size the LoRA was trained at (notebook 04)
 print(f"{MODEL}: native size {NATIVE} px, image sides in multiples of {MULTIPLE} px")
 
 # %% [markdown]
@@ -202,10 +203,11 @@ for image, restored in zip(degraded_own[:1] + degraded[:1], lora_own[:1] + lora_
 
 # %%
 lora_tiled = restore.restore_image(pipe, degraded_own[index], seed=SEED, tile=True, batch_size=8)
-layout = restore.plan_tiles(*degraded_own[index].size, NATIVE, MULTIPLE)
+layout = restore.plan_tiles(*degraded_own[index].size, NATIVE, MULTIPLE)  # None: smaller than one tile
 run_size = restore.working_size(*degraded_own[index].size, NATIVE, MULTIPLE)
+tiled_label = f"tiled ({len(layout.xs)}x{len(layout.ys)} tiles)" if layout else "tiled (one tile: run whole)"
 columns = {"degraded": degraded_own[index], f"whole ({run_size[0]}x{run_size[1]})": lora_own[index],
-           f"tiled ({len(layout.xs)}x{len(layout.ys)} tiles)": lora_tiled, "clean": clean_own[index]}
+           tiled_label: lora_tiled, "clean": clean_own[index]}
 viz.show_images(list(columns.values()), zoom_box=(100, 60, 164, 124), scale=2.2,
                 titles=[f"{label}\n{psnr(image, clean_own[index]):.2f} dB" if label != "clean" else label
                         for label, image in columns.items()],

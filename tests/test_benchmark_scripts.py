@@ -137,3 +137,28 @@ def test_restore_benchmark_times_batching_and_tiling(benchmarks, tmp_path):
     assert tiling["tiled_seconds_per_image"] > 0 and tiling["whole_seconds_per_image"] > 0
     assert tiling["tiles"]["grid"][0] * tiling["tiles"]["grid"][1] > 1
     assert all(math.isfinite(tiling[key]) for key in ("whole_psnr", "tiled_psnr", "degraded_psnr"))
+
+
+def test_card_profile_script_runs_the_preflight_of_the_shallow_twin_in_tiny_mode(tmp_path, monkeypatch):
+    """The script a GPU runs for every card profile, in its CPU mode: the pre-flight command in a
+    fresh process trains the real-width twin with an int8 base (optimum-quanto, through the same
+    from_pretrained path as the real checkpoint), gradient checkpointing, cached prompt embeddings
+    and the VGG term, restores a validation image, and reports memory, speed and the estimate."""
+    monkeypatch.setenv("KONTEXT_LORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_card_profiles
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    results = bench_card_profiles.main(["--tiny", "--json", str(tmp_path / "profiles.json")])
+    assert json.loads((tmp_path / "profiles.json").read_text()) == results
+    (row,) = results["rows"]
+    assert results["device"] == "CPU" and row["status"] == "ok", row
+    assert row["twin"] == "random-kontext-shallow" and row["device"] == "CPU" and row["fits"] is None
+    assert "int8 base" in row["settings"] and "perceptual loss" in row["settings"]
+    assert row["steps_run"] == 2 and row["seconds_per_step"] > 0 and row["peak_memory_gb"] > 1 and 0 < row["mfu"] < 1
+    # 1000 steps; validations: the base model's, every 250 steps (3 before the end), the last
+    assert row["planned_validations"] == 5
+    expected = 1000 * row["seconds_per_step"] + 5 * row["validation_seconds"]
+    assert row["estimated_run_seconds"] == pytest.approx(expected)

@@ -60,3 +60,21 @@ def test_notebook_settings_shorten_nano_and_pick_the_gpu_entry_otherwise(monkeyp
     monkeypatch.setattr(gpu_settings, "detect_gpu", lambda: None)  # no GPU recognised: the A100's entry
     assert gpu_settings.notebook_settings("some/model", hr_root="p", output_dir="o") == gpu_settings.settings_for_gpu(
         "A100-40GB", pretrained_model_name_or_path="some/model", hr_root="p", output_dir="o")
+
+
+def test_run_settings_fit_each_card_and_leave_nano_alone():
+    real = "black-forest-labs/FLUX.1-Kontext-dev"
+    nano = gpu_settings.run_settings("nano", gpu="T4")
+    assert nano.pipeline_kwargs() == dict(quantize="none", text_encoder_offload=False, vae_slicing=False,
+                                          vae_tiling=False) and nano.resolution is None
+    t4, l4, a100 = (gpu_settings.run_settings(real, gpu=name) for name in ("T4", "L4", "A100-40GB"))
+    # 16 and 24 GB: a 4-bit base, the text encoders visit the GPU only while they run, decode in slices
+    assert t4.quantize == l4.quantize == "nf4" and t4.text_encoder_offload and t4.vae_slicing and t4.vae_tiling
+    assert (t4.batch_size, l4.batch_size) == (1, 2)
+    assert a100.quantize == "none" and a100.text_encoder_offload and a100.gradient_checkpointing
+    assert all(settings.resolution == 512 for settings in (t4, l4, a100))
+    on_cpu = gpu_settings.run_settings("random-kontext-shallow", gpu=None)
+    assert (on_cpu.card, on_cpu.resolution, on_cpu.batch_size) == ("CPU", 64, 1)
+    big = gpu_settings.run_settings(real, gpu="H100", memory_gb=80)
+    assert big.quantize == "none" and big.card == "H100"
+    assert "nf4 base" in str(t4) and "text_encoder_offload" in str(t4)

@@ -98,39 +98,12 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel  # noqa: E402
 import diffusers_reference_step as reference  # noqa: E402
 from bench_training_step import make_project_step, make_reference_step  # noqa: E402
 from kontext_lora_helpers import lora as lora_ops  # noqa: E402
-from kontext_lora_helpers import objective, train  # noqa: E402
+from kontext_lora_helpers import objective, random_kontext, train  # noqa: E402
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT  # noqa: E402
 
-FLUX1_DEV_TRANSFORMER_CONFIG = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
+FLUX1_DEV_TRANSFORMER_CONFIG = random_kontext.TRANSFORMER_CONFIG
 """``transformer/config.json`` of FLUX.1-dev, which FLUX.1-Kontext-dev shares."""
-
-FLUX1_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
+FLUX1_VAE_CONFIG = random_kontext.VAE_CONFIG
 """``vae/config.json`` of FLUX.1-dev: 8x down, 16 latent channels."""
 
 TINY_TRANSFORMER_CONFIG = dict(
