@@ -1,11 +1,12 @@
 """Writing files so that an interrupted run never leaves a half-written one under the final name.
 
-Every file the package writes for the user (restored images, their JSON records, metrics, LoRA
-files, merged transformers, exported settings, nano's training checkpoints) goes through
-`write_atomically`: the content is written to ``<name>.partial`` in the same folder, then renamed
+The files the package writes itself (restored and degraded images and their JSON records, metrics,
+converted LoRA files, merged transformers, exported settings, training configs, nano's training
+checkpoints) go through `write_atomically`: the content is written to ``<name>.partial`` in the same folder, then renamed
 over the final name in one step (``os.replace`` is atomic within a file system). A kill during the
 write leaves the previous file intact, or no file, plus a ``.partial`` that the next write replaces.
-Training checkpoints are folders and are staged the same way in `train.checkpoints`.
+Training checkpoints are folders and are staged the same way in `train.checkpoints`; the LoRA
+file a training run ends with is written by diffusers' ``save_lora_weights``.
 """
 
 from __future__ import annotations

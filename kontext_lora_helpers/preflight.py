@@ -16,7 +16,9 @@ fits this card::
 The twin has the real architecture and random weights, so its memory and time are the real
 model's; its outputs are noise (the validation PSNR it prints means nothing). On a GPU the peak is
 PyTorch's own count (``torch.cuda.max_memory_reserved``); on a CPU it is the process's peak
-resident memory, which includes Python and the libraries.
+resident memory, which includes Python and the libraries. With ``--quantize`` the twin's random
+transformer is first written to ``$KONTEXT_LORA_CACHE`` (default ``~/.cache/kontext_lora_helpers``;
+23.8 GB in bf16 for ``random-kontext``) and reused by later pre-flights.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from .cli import fail, positive_int
 from .fileio import write_json_atomically
-from .models import is_nano
+from .models import ModelLoadError, is_nano
 from .random_kontext import RANDOM_KONTEXT, is_random_kontext
 from .train import ConfigError, TrainConfig, TrainingDiverged, build_parser, check_config, parse_args, train
 
@@ -62,7 +64,7 @@ class PreflightReport:
     steps_run: int
     seconds_per_step: float
     validation_seconds: float | None
-    """One validation of the planned run (the trial's one-image restoration x --num_validation_images)."""
+    """One validation of the planned run (the trial's, scaled to --num_validation_images)."""
     planned_steps: int
     planned_validations: int
     estimated_run_seconds: float
@@ -119,10 +121,12 @@ def preflight(config: TrainConfig, steps: int = 3, memory_gb: float | None = Non
     step_times: list[float] = []
     validation_times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="preflight-") as scratch:
+        # Validation restores `train_batch_size` images per call: the trial restores one such call.
+        trial_images = max(1, min(planned.num_validation_images, planned.train_batch_size))
         trial = config.replace(
             pretrained_model_name_or_path=twin, output_dir=scratch, max_train_steps=steps,
-            checkpointing_steps=0, validation_steps=0, num_validation_images=1, resume_from_checkpoint=None,
-            report_to="none",
+            checkpointing_steps=0, validation_steps=0, num_validation_images=trial_images,
+            resume_from_checkpoint=None, report_to="none",
         )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cuda":
@@ -144,7 +148,11 @@ def preflight(config: TrainConfig, steps: int = 3, memory_gb: float | None = Non
             validation_times.append(now - last[0])
             last[0] = now
 
-        result = train(trial, on_step=on_step, on_validation=on_validation, progress_bar=False)
+        try:
+            result = train(trial, on_step=on_step, on_validation=on_validation, progress_bar=False)
+        finally:
+            if device.type == "cuda" and memory_gb is not None:
+                torch.cuda.set_per_process_memory_fraction(1.0, device)  # the cap was for the trial only
         if result["status"] != "completed":
             raise KeyboardInterrupt
     name, total_gb = _device_name(device)
@@ -158,8 +166,9 @@ def preflight(config: TrainConfig, steps: int = 3, memory_gb: float | None = Non
     # model's restoration and it resets the clock for the first step.
     timed = step_times[1:] if len(step_times) > 1 else step_times
     seconds_per_step = statistics.median(timed)
-    # The trial restores one validation image; the run restores `num_validation_images` each time.
-    validation_seconds = validation_times[-1] * planned.num_validation_images if validation_times else None
+    # The trial restores `trial_images` at once; the run restores `num_validation_images` each time.
+    validation_seconds = (validation_times[-1] * planned.num_validation_images / trial_images
+                          if validation_times else None)
     validations = 0
     if validation_seconds is not None:
         # one base-model run, one per --validation_steps, one at the end
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv, parser)
     try:
         report = preflight(config, steps=args.preflight_steps, memory_gb=args.preflight_memory_gb)
-    except (ConfigError, TrainingDiverged, ValueError) as error:
+    except (ConfigError, TrainingDiverged, ModelLoadError, ValueError) as error:
         return fail(str(error))
     except torch.cuda.OutOfMemoryError as error:
         budget = f"{args.preflight_memory_gb:g} GB" if args.preflight_memory_gb else "this card"

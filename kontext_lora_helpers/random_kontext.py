@@ -11,7 +11,8 @@
   parameters, small enough for a CPU, so every shape assumption at the real width runs in the tests.
 
 Both are a `FluxKontextPipeline` like the real one, loaded with `models.load_pipeline` and accepted
-by every command where a model path is (``--pretrained_model_name_or_path random-kontext``).
+by every command that loads a pipeline (``train``, ``preflight``, ``restore``:
+``--pretrained_model_name_or_path random-kontext``; not ``export --merge_into_transformer``).
 **Their outputs are noise**: only shapes, memory and time mean anything. The tokenizers are built in
 code (nano's vocabularies, with the real models' vocabulary sizes in the encoders), so the text
 encoders see valid ids. The text length is the real 512 T5 tokens for ``random-kontext`` and 64 for
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -154,18 +156,21 @@ prime, so no two rows of a weight start at the same place in it."""
 
 @torch.no_grad()
 def _initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Random weights in +-1/sqrt(fan_in) (PyTorch's default range), biases 0, norm scales 1."""
+    """Random weights in +-1/sqrt(fan_in) (PyTorch's default range), biases 0, norm scales 1.
+
+    Each weight reads the pool from its own random starting point, so no two weights are equal."""
     pool = None
     for name, parameter in module.named_parameters():
         if parameter.ndim >= 2:
             if pool is None:
                 pool = torch.empty(_POOL_SIZE, dtype=torch.float32).uniform_(-1, 1, generator=generator)
-                pool = pool.to(parameter.device)
+                pool = torch.cat([pool, pool]).to(parameter.device)  # a window may wrap around the end
             bound = 1.0 / math.sqrt(math.prod(parameter.shape[1:]))
+            offset = int(torch.randint(0, _POOL_SIZE, (1,), generator=generator))
             flat = parameter.view(-1)
             for start in range(0, flat.numel(), _POOL_SIZE):
                 chunk = flat[start:start + _POOL_SIZE]
-                chunk.copy_(pool[:chunk.numel()] * bound)
+                chunk.copy_(pool[offset:offset + chunk.numel()] * bound)
         elif name.endswith("bias"):
             parameter.zero_()
         else:
@@ -175,12 +180,21 @@ def _initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
 @torch.no_grad()
 def _materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                  generator: torch.Generator) -> None:
-    """Replace a module's meta parameters by random ones on `device` in `dtype` (buffers stay)."""
-    for submodule in module.modules():
+    """Replace a module's meta parameters by random ones on `device` in `dtype` (buffers stay).
+
+    A parameter shared by several submodules stays shared, and the modules a library keeps in
+    float32 under half precision (T5's ``wo`` layers, `_keep_in_fp32_modules`) are float32 here
+    too, so the twin's memory is the real model's."""
+    keep_fp32 = set(getattr(module, "_keep_in_fp32_modules", None) or []) if dtype == torch.float16 else set()
+    replaced: dict[int, torch.nn.Parameter] = {}
+    for submodule_name, submodule in module.named_modules():
+        wanted = torch.float32 if keep_fp32 & set(submodule_name.split(".")) else dtype
         for name, parameter in list(submodule._parameters.items()):
             if parameter is not None and parameter.is_meta:
-                submodule._parameters[name] = torch.nn.Parameter(
-                    torch.empty(parameter.shape, device=device, dtype=dtype), requires_grad=False)
+                if id(parameter) not in replaced:
+                    replaced[id(parameter)] = torch.nn.Parameter(
+                        torch.empty(parameter.shape, device=device, dtype=wanted), requires_grad=False)
+                submodule._parameters[name] = replaced[id(parameter)]
     module.to(device)  # buffers (position ids, ...) were made on the CPU
     _initialise(module, generator)
     if hasattr(module, "tie_weights"):  # T5 shares its input embedding with the encoder's
@@ -252,11 +266,14 @@ def random_transformer_folder(name: str, dtype: torch.dtype, seed: int = 0) -> P
     from .fileio import write_json_atomically
 
     name = _checked_name(name)
-    folder = _cache_root() / f"{name}-{str(dtype).removeprefix('torch.')}-seed{seed}" / "transformer"
-    index_path = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index_path.is_file():  # written last: the folder is complete
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    final = _cache_root() / f"{name}-{str(dtype).removeprefix('torch.')}-seed{seed}" / "transformer"
+    if final.is_dir():  # renamed into place only once complete
+        return final
+    # Each process writes its own copy and renames it into place; under a multi-process launch the
+    # first rename wins and the others discard theirs, so nobody reads a half-written shard.
+    folder = final.with_name(f"transformer.{os.getpid()}.partial")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     with init_empty_weights():
         model = FluxTransformer2DModel(**transformer_config(name))
     generator = torch.Generator().manual_seed(seed)
@@ -278,8 +295,13 @@ def random_transformer_folder(name: str, dtype: torch.dtype, seed: int = 0) -> P
             total_size += sum(value.numel() * value.element_size() for value in state.values())
         part.to("meta")  # free this block before the next one
     model.save_config(folder)
-    write_json_atomically(index_path, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
-    return folder
+    write_json_atomically(folder / "diffusion_pytorch_model.safetensors.index.json",
+                          {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+    try:
+        os.replace(folder, final)
+    except OSError:  # another process finished first
+        shutil.rmtree(folder, ignore_errors=True)
+    return final
 
 
 def build_random_kontext_pipeline(name: str, device: str | torch.device = "cpu",

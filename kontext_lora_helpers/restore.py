@@ -277,8 +277,9 @@ def restore_image(
 
     Args:
         pipe, prompt, num_inference_steps, guidance_scale, seed: as for `restore_batch`.
-        tile: images larger than the native area are restored tile by tile at their own
-            resolution (see the module docstring); smaller ones run whole either way.
+        tile: images larger than one tile (the native area unless `tile_size` is given) are
+            restored tile by tile at their own resolution (see the module docstring); smaller
+            ones run whole either way.
         tile_overlap: pixels shared by neighbouring tiles; None means a quarter of a tile.
         batch_size: tiles per pipeline call.
         tile_size: the tiles' side; None means the model's native side (1024 for FLUX.1 Kontext).
@@ -357,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of every image's noise")
     parser.add_argument("--tile", action="store_true",
-                        help="restore images larger than the model's native area tile by tile at full resolution")
+                        help="restore images larger than one tile (the model's native area, or --tile_size) tile by "
+                        "tile at full resolution")
     parser.add_argument("--tile_overlap", type=non_negative_int, default=None,
                         help="pixels shared by neighbouring tiles; None means a quarter tile")
     parser.add_argument("--tile_size", type=positive_int, default=None,

@@ -134,3 +134,21 @@ def test_preflight_names_the_twin_and_refuses_impossible_settings_before_buildin
     assert preflight.main(["--pretrained_model_name_or_path", SHALLOW, "--hr_root", str(data_samples),
                            "--mixed_precision", "fp16"]) == 1
     assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_materialised_weights_differ_stay_shared_and_keep_float32_where_the_library_does():
+    from accelerate import init_empty_weights
+    from transformers import T5Config, T5EncoderModel
+
+    with init_empty_weights(include_buffers=False):
+        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2,
+                                     feed_forward_proj="gated-gelu"))
+    random_kontext._materialise(t5, torch.device("cpu"), torch.float16, torch.Generator().manual_seed(0))
+    attention, feed_forward = t5.encoder.block[0].layer[0].SelfAttention, t5.encoder.block[0].layer[1].DenseReluDense
+    # under fp16 transformers keeps T5's `wo` in float32 (`_keep_in_fp32_modules`): so does the twin
+    assert feed_forward.wo.weight.dtype == torch.float32 and attention.q.weight.dtype == torch.float16
+    assert t5.shared.weight is t5.encoder.embed_tokens.weight
+    assert not torch.equal(attention.q.weight, attention.k.weight)  # each weight its own window of the pool
+    assert not any(parameter.is_meta for parameter in t5.parameters())
+    bound = 1 / 16 ** 0.5
+    assert 0.5 * bound < attention.q.weight.float().abs().max() <= bound

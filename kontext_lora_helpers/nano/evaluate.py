@@ -34,7 +34,7 @@ def tensor_to_pils(pixels: torch.Tensor):
 
 @torch.no_grad()
 def run_pipeline(pipe, pixels: torch.Tensor, prompt: str, steps: int = 20, seed: int = 0) -> torch.Tensor:
-    """Edit a batch (B, 3, 64, 64) in [-1, 1] with one prompt through `restore.restore_batch`;
+    """Edit a batch (B, 3, 64, 64) in [-1, 1] with one prompt through `inference.restore_batch`;
     returns the 8-bit outputs in the same format, on the CPU."""
     images = restore_batch(pipe, tensor_to_pils(pixels), prompt, steps, seed=seed)
     return torch.stack([pil_to_tensor(image) for image in images])
@@ -84,7 +84,7 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
     crops at 64x64, never trained on) degraded with `degradation` (default `RESTORATION_BAR`), once
     without and once with ``load_lora_weights(lora_dir)``, as the original guide's inference snippet
     does: guidance 3.5, the pipeline's default number of steps, at the crops' own size, through
-    `restore.restore_batch` and scored with `metrics.psnr` like every figure of the course.
+    `inference.restore_batch` and scored with `metrics.psnr` like every figure of the course.
 
     Returns:
         {"degraded_psnr", "base_psnr", "lora_psnr", "lora_minus_base_db", "lora_minus_degraded_db",

@@ -76,7 +76,7 @@ The package, by concern:
 * `config`: `TrainConfig` (one field per flag, help text included), the command line, `check_config`
   and the per-model recipe `MODEL_RECIPES`;
 * `checkpoints`: writing, listing, pruning and resuming ``checkpoint-N/``;
-* `validation`: the held-out set, its restoration through `restore.restore_batch` and its scores;
+* `validation`: the held-out set, its restoration through `inference.restore_batch` and its scores;
 * `loop`: `train` and `training_loss` (the step above), data order and per-sample noise;
 * ``__main__``: ``python -m kontext_lora_helpers.train``.
 """

@@ -60,7 +60,7 @@ def build_validation_set(config: TrainConfig, validation_dir: Path) -> Validatio
 @torch.no_grad()
 def restore_validation_images(pipe, validation: ValidationSet, cache, config: TrainConfig, batch_size: int) -> list:
     """Restore the degraded images with whatever adapter state the transformer has, through
-    `restore.restore_batch` (the one inference call of the course).
+    `inference.restore_batch` (the one inference call of the course).
 
     Uses the cached prompt embeddings (the text encoders may be gone), the training resolution,
     ``config.validation_inference_steps`` steps and the configured guidance; every image's noise is
