@@ -42,7 +42,6 @@ __all__ = [
     "TRANSFORMER_CONFIG",
     "VAE_CONFIG",
     "build_random_kontext_components",
-    "build_random_kontext_pipeline",
     "is_random_kontext",
     "random_transformer_folder",
 ]
@@ -302,11 +301,3 @@ def random_transformer_folder(name: str, dtype: torch.dtype, seed: int = 0) -> P
     except OSError:  # another process finished first
         shutil.rmtree(folder, ignore_errors=True)
     return final
-
-
-def build_random_kontext_pipeline(name: str, device: str | torch.device = "cpu",
-                                  dtype: torch.dtype = torch.float32, seed: int = 0):
-    """A `FluxKontextPipeline` of the named random twin, its weights created on `device` in `dtype`."""
-    from diffusers import FluxKontextPipeline
-
-    return FluxKontextPipeline(**build_random_kontext_components(name, device, dtype, seed))

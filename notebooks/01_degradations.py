@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -283,17 +283,20 @@ print(train_command(config))
 
 # %% [markdown]
 # The `degrade` command writes each degraded image as a PNG with a JSON record next to it. Here it
-# runs in-process on one photo, into a temporary folder:
+# runs in-process on one photo, into `outputs/01-degraded`:
 
 # %%
 import json
-import tempfile
+import os
+import shutil
 from pathlib import Path
 
 from kontext_lora_helpers import degrade
 
-work = Path(tempfile.mkdtemp())
-degrade.main(["--input", str(held_out_dir() / "china.jpg"), "--output", str(work), *config.to_cli_flags()])
+work = Path("outputs/01-degraded")  # relative to the notebook, like every output of the course
+shutil.rmtree(work, ignore_errors=True)  # this notebook's own folder: each run starts empty
+degrade.main(["--input", os.path.relpath(held_out_dir() / "china.jpg"), "--output", str(work), "--overwrite",
+              *config.to_cli_flags()])
 written = json.loads((work / "china.json").read_text())
 print(sorted(written), "\n", [step["op"] for step in written["record"]])
 
@@ -322,7 +325,7 @@ except FileExistsError as error:
 from kontext_lora_helpers.course import data_samples
 from kontext_lora_helpers.data import DegDataset
 
-dataset = DegDataset(data_samples(), "Restore this degraded photograph to high fidelity", config=config,
+dataset = DegDataset(os.path.relpath(data_samples()), "Restore this degraded photograph to high fidelity", config=config,
                      resolution=256, prompt_mode="described", exclude=[held_out_dir()])
 items = [dataset[i] for i in range(4)]
 print(dataset)

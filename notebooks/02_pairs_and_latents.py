@@ -73,7 +73,7 @@ print(format_description(describe_pipeline(pipe)))
 
 # %%
 dataset = DegDataset(
-    data_samples(), "Restore this degraded photograph to high fidelity",
+    os.path.relpath(data_samples()), "Restore this degraded photograph to high fidelity",
     config=PRESETS["course"], resolution=RESOLUTION, seed=0, exclude=[held_out_dir()],
 )
 print(dataset)
@@ -111,14 +111,13 @@ print({tuple(it["control"].shape) == tuple(it["target"].shape) for it in items})
 # folders from the held-out photos, then read them back as pairs.
 
 # %%
-import tempfile
 from pathlib import Path
 
 from kontext_lora_helpers.degradations import apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
 
-pairs_dir = Path(tempfile.mkdtemp())
-(pairs_dir / "clean").mkdir(), (pairs_dir / "degraded").mkdir()
+pairs_dir = Path("outputs/02-pairs")  # relative to the notebook, like every output of the course
+(pairs_dir / "clean").mkdir(parents=True, exist_ok=True), (pairs_dir / "degraded").mkdir(exist_ok=True)
 for i, path in enumerate(list_images(held_out_dir())):
     photo = load_rgb(path)
     photo.save(pairs_dir / "clean" / f"{path.stem}.png")
