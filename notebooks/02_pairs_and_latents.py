@@ -50,6 +50,8 @@ if importlib.util.find_spec("kontext_lora_helpers") is None:
     os.chdir("/content/kontext-lora-course/notebooks")
 
 # %%
+import os
+
 import torch
 
 from kontext_lora_helpers import gpu_settings, latents, viz
