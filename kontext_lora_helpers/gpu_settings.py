@@ -15,8 +15,10 @@ every figure with where it comes from:
 
 What makes a card fit:
 
-* ``quantize="nf4"`` stores the frozen transformer in 4 bits (about 0.53 bytes a parameter with
-  its block scales): 23.8 GB of bf16 weights become about 6.6 GB. The LoRA stays float32.
+* ``quantize="nf4"`` stores the frozen transformer in 4 bits plus one float32 scale per block of 64
+  weights (0.5625 bytes a parameter, as `models.load_pipeline` configures bitsandbytes): 23.8 GB of
+  bf16 weights become about 6.7 GB (`weight_memory_gb("transformer", "nf4")`). The LoRA stays
+  float32.
 * Cached prompt embeddings: the training loop encodes each distinct prompt once and then frees the
   text encoders, so T5-XXL (9.5 GB in bf16) is never resident during the steps.
 * ``gradient_checkpointing=True`` keeps one activation per block instead of every intermediate.
@@ -29,7 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["GPU_SETTINGS", "SOURCES", "GpuSettings", "detect_gpu", "settings_for_gpu", "settings_table", "weight_memory_gb"]
+__all__ = [
+    "GPU_SETTINGS", "SOURCES", "GpuSettings", "detect_gpu", "notebook_lora", "notebook_settings", "run_settings",
+    "settings_for_gpu", "settings_table", "weight_memory_gb",
+]
 
 PARAMETERS = {
     "transformer": 11.9e9,
@@ -39,8 +44,10 @@ PARAMETERS = {
 }
 """Parameter counts of FLUX.1-Kontext-dev's components."""
 
-BYTES_PER_PARAMETER = {"bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.53}
-"""Storage per parameter; nf4 includes bitsandbytes' blockwise scales (double-quantized)."""
+BYTES_PER_PARAMETER = {"bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5 + 4 / 64}
+"""Storage per parameter; nf4 is 4 bits plus bitsandbytes' float32 scale per block of 64 weights
+(no double quantization, as `models.load_pipeline` configures it). Counting every transformer
+parameter as quantized slightly overstates it (norms and biases stay in bf16, a few MB)."""
 
 SOURCES = {
     "qlora-4090": "FLUX.1-dev QLoRA (NF4 base, 8-bit AdamW, checkpointing, cached latents and embeddings, "
@@ -108,8 +115,9 @@ GPU_SETTINGS: dict[str, GpuSettings] = {
         dict(_COMMON, resolution=512, mixed_precision="fp16", quantize="nf4", use_8bit_adam=True),
         expected_peak_gb=(9.0, 12.0),
         basis="estimate from 'qlora-4090' (same NF4 + 8-bit Adam + checkpointing recipe, a similar token "
-              "count at 512 px); the weights are 6.3 GB (computed). Expect hours: about 4 h per 1000 steps "
-              "was reported for the text-to-image run on a T4.",
+              f"count at 512 px); the weights are {weight_memory_gb('transformer', 'nf4'):.1f} GB (computed). "
+              "Expect hours: the source's whole 700-step text-to-image run took about 4 h on a T4, and a "
+              "Kontext step reads twice the image tokens of a text-to-image step at the same size.",
     ),
     "L4": GpuSettings(
         "L4", 24, (8, 9),
@@ -196,6 +204,39 @@ def notebook_settings(model: str, **overrides):
     return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)
 
 
+
+def notebook_lora(model: str, lora_dir, degradation, hr_root=None):
+    """The folder of notebook 04's LoRA, trained here first if it is not there yet.
+
+    Each Colab notebook runs on a machine of its own, so notebook 05 (and the exercise solutions)
+    may not find what notebook 04 trained. Then this trains it with exactly notebook 04's settings
+    (`notebook_settings`) into the same folder and says so; an interrupted run there is continued
+    from its last checkpoint. When the LoRA file exists, nothing is trained.
+
+    Args:
+        model: the notebook's `MODEL`.
+        lora_dir: notebook 04's output folder (str or Path).
+        degradation: the `DegradationConfig` notebook 04 trained on.
+        hr_root: the training photos (default: the course's `data_samples/`).
+
+    Returns:
+        `lora_dir` as a Path.
+    """
+    from pathlib import Path
+
+    from .course import data_samples
+    from .lora import LORA_WEIGHT_NAME
+    from .train import train
+
+    lora_dir = Path(lora_dir)
+    if not (lora_dir / LORA_WEIGHT_NAME).is_file():
+        config = notebook_settings(model, hr_root=str(hr_root or data_samples()), output_dir=str(lora_dir),
+                                   degradation=degradation)
+        print(f"{lora_dir} holds no LoRA yet (notebook 04 has not run on this machine): training it "
+              f"with notebook 04's settings, {config.max_train_steps} steps")
+        train(config.replace(resume_from_checkpoint="latest"), progress_bar=False)
+    return lora_dir
+
 @dataclass(frozen=True)
 class RunSettings:
     """How a notebook loads and runs its model on this machine, chosen by `run_settings`.
@@ -241,7 +282,7 @@ def run_settings(model: str, gpu: str | None = "detect", memory_gb: float | None
 
     * 40 GB and more (A100, H100): bf16 base (23.8 GB), text encoders offloaded while training-size
       activations are about;
-    * 20-40 GB (L4, RTX 4090): NF4 base (6.7 GB), text encoders offloaded, VAE slicing and tiling;
+    * 20-40 GB (L4, RTX 4090): NF4 base (about 6.7 GB), text encoders offloaded, VAE slicing and tiling;
     * under 20 GB (T4): the same, batch 1.
 
     Args:

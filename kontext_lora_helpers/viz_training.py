@@ -65,6 +65,40 @@ def loss_curve_figure(steps, losses, validation_history=None, title: str | None 
     return figure
 
 
+def recipe_measurements_figure(measurements):
+    """A bar per recipe choice: the PSNR it gained over the best alternative measured.
+
+    Args:
+        measurements: `train.NANO_RECIPE_MEASUREMENTS`-like records with setting, chosen,
+            alternative and gain_db (low, high) in dB; a range is drawn as an error bar.
+
+    Returns:
+        a `matplotlib.figure.Figure` on the Agg canvas.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 0.55 * len(measurements) + 1.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    labels = [f"{m.setting} {m.chosen}\n(instead of {m.alternative})" for m in measurements]
+    middles = [(m.gain_db[0] + m.gain_db[1]) / 2 for m in measurements]
+    spreads = [(m.gain_db[1] - m.gain_db[0]) / 2 for m in measurements]
+    rows = np.arange(len(measurements))
+    axis.barh(rows, middles, xerr=spreads, color="tab:green", alpha=0.8, capsize=3)
+    for row, middle, m in zip(rows, middles, measurements):
+        low, high = m.gain_db
+        text = f"+{low:g} dB" if low == high else f"+{low:g} to +{high:g} dB"
+        axis.text(middle + max(middles) * 0.02, row, text, va="center", fontsize=8)
+    axis.set_yticks(rows, labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlim(0, max(middles) * 1.3)
+    axis.set_xlabel("PSNR gained over the alternative (dB, 500-step runs)")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def figure_png(figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()

@@ -30,6 +30,7 @@ Presentation only: this module imports ipywidgets; the core modules never import
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import shlex
@@ -888,6 +889,36 @@ class DegradationExplorer:
                 self.preset.value = name
 
     # -- export and display --------------------------------------------------------------------
+
+    def picture(self) -> Image.Image:
+        """The explorer's four views as one static picture: clean | degraded, with their zoomed crops
+        below when zoom is on. For places where the widget is not live (a notebook read on GitHub).
+
+        Returns:
+            An 8-bit RGB image: the two full views side by side (the zoom box outlined), and under
+            them the two enlarged crops, each scaled to the width of its full view.
+        """
+        result = self.result if self.result is not None else self.render()
+        if result is None:
+            raise ValueError(f"the explorer's controls are invalid: {self.status.value}")
+        clean = Image.open(io.BytesIO(self.clean_image.value)).convert("RGB")
+        degraded = Image.open(io.BytesIO(result.degraded_png)).convert("RGB")
+        rows = [[clean, degraded]]
+        if self.zoom.value > 1:
+            zooms = [Image.open(io.BytesIO(png)).convert("RGB")
+                     for png in (self.clean_zoom_image.value, result.degraded_zoom_png)]
+            rows.append([crop.resize((clean.width, clean.width * crop.height // crop.width), Image.Resampling.NEAREST)
+                         for crop in zooms])
+        gap = 4
+        width = 2 * clean.width + gap
+        height = sum(row[0].height for row in rows) + gap * (len(rows) - 1)
+        canvas = Image.new("RGB", (width, height), "white")
+        top = 0
+        for row in rows:
+            for column, view in enumerate(row):
+                canvas.paste(view, (column * (clean.width + gap), top))
+            top += row[0].height + gap
+        return canvas
 
     def export(self) -> Path | None:
         """Write the current config as JSON to ``export_path`` (what the export button does).

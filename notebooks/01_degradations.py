@@ -43,19 +43,21 @@
 # Everything here is plain image processing: it runs in seconds on a laptop CPU.
 
 # %%
-# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
-# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+# On Colab: fetch the course, install its helpers and work in its notebooks folder.
+# Where the course is installed (a clone on your machine), this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"  # or the URL of your fork
+COURSE_DIR = "/content/kontext-lora-course"
 if importlib.util.find_spec("kontext_lora_helpers") is None:
-    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
-    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
-    os.chdir("/content/kontext-lora-course/notebooks")
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, COURSE_DIR])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR])
+    sys.path.insert(0, COURSE_DIR)  # an editable install is seen only after a restart
+if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the course's notebooks folder
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))
 
 # %%
 import matplotlib
@@ -202,8 +204,7 @@ viz.show_images([image for image, _ in draws], titles);
 # bytes, on every machine; this is what lets a dataset rebuild epoch 3 exactly, and lets you
 # compare two trainings on identical inputs.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from kontext_lora_helpers.degradations import apply_degradation_steps
 
 first, record = apply_degradation(photo, PRESETS["old_photo"], seed=7)
@@ -265,6 +266,14 @@ print(explorer.status.value)
 print(explorer.result.described_prompt)
 
 # %% [markdown]
+# The explorer is live only in a running notebook. `explorer.picture()` is what it shows at this
+# moment, as a plain picture (clean | degraded, the zoomed crops below); on GitHub, this is the
+# explorer:
+
+# %%
+explorer.picture()
+
+# %% [markdown]
 # ## 8. Take the recipe to the commands and the dataset
 #
 # `explorer.config` is the recipe the controls describe. Its `to_cli_flags()` are the flags of the
@@ -305,8 +314,7 @@ print(sorted(written), "\n", [step["op"] for step in written["record"]])
 # replaces an existing file unless you tick *overwrite*. `DegradationConfig.from_dict` reads it
 # back:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from kontext_lora_helpers.widgets import export_config
 
 path = export_config(config, work / "my_recipe.json")
@@ -334,12 +342,40 @@ viz.image_grid([[item["control"] for item in items], [item["target"] for item in
                row_titles=["control (degraded)", "target (clean)"]);
 
 # %% [markdown]
-# ## What you have now
+# ## Summary
 #
-# * the operations, what each does to pixels, and how their strength relates to PSNR;
-# * recipes (`DegradationConfig`, `PRESETS`) with fixed values or per-image ranges;
-# * reproducible degradations with a JSON record, and prompts built from it;
-# * a recipe tuned in the explorer, as flags, as JSON and inside `DegDataset`.
+# * Each operation damages a photo in its own way: downsampling removes detail, noise adds random
+#   speckle, blur softens edges, JPEG adds blocks and ringing; the extended set adds lens and motion
+#   blur, sensor noise and the faded, scratched, grainy look of old prints.
+# * A parameter means something only next to a measurement: PSNR falls about 6 dB each time the
+#   noise doubles, and the original guide's defaults are strong damage at 320 px.
+# * A recipe (`DegradationConfig`, `PRESETS`) holds fixed values or per-image ranges, is
+#   reproducible from its seed, and leaves a JSON record from which prompts are written.
+# * One recipe travels unchanged between the explorer, the `degrade` command, the training command
+#   and `DegDataset`.
 #
 # Next, notebook 02 builds pairs with this dataset and follows them into the VAE and the token
 # sequence Kontext reads.
+#
+# ## Exercises
+#
+# Solutions that run are in `solutions.ipynb` (section 01); try each exercise before reading them.
+#
+# **Exercise 1.** At which JPEG quality does this photo stay above 30 dB PSNR? Sweep
+# `jpeg_quality` from 5 to 95 and find the lowest quality that keeps 30 dB. Is JPEG at the guide's
+# default of 75 mild or strong damage next to the guide's other defaults?
+# *Hint:* `severity_sweep(photo, "jpeg_quality", [5, 10, 20, 30, 50, 75, 95])`.
+#
+# **Exercise 2.** Section 3 found that doubling the noise costs about 6 dB. Does blur follow a law
+# as simple? Sweep `blur_radius` over 0.5, 1, 2 and 4 px and `lr_scale` over 2, 4, 8 and 16, and
+# describe how PSNR falls with each. *Hint:* look at the difference between consecutive values.
+#
+# **Exercise 3.** Write a "phone photo" recipe of your own: a slight motion blur (5 px), sensor
+# noise that is stronger in bright areas, and JPEG at a quality drawn between 50 and 80 for each
+# image. Check that one seed gives the same bytes twice, and print the flags that train a LoRA on
+# it. *Hint:* `DegradationConfig(degradation_types=("motion_blur", "poisson_noise", "jpeg"), ...)`
+# and `config.to_cli_flags()`.
+#
+# **Exercise 4.** Order matters: apply noise then JPEG, and JPEG then noise (same parameters,
+# `degradation_order="listed"`), to the photo and compare PSNR and the zoomed pictures. Which order
+# does a real photo shared on the web go through?

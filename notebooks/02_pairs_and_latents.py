@@ -35,19 +35,21 @@
 # (64x64 images, 2.4 M-parameter transformer). To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
 
 # %%
-# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
-# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+# On Colab: fetch the course, install its helpers and work in its notebooks folder.
+# Where the course is installed (a clone on your machine), this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"  # or the URL of your fork
+COURSE_DIR = "/content/kontext-lora-course"
 if importlib.util.find_spec("kontext_lora_helpers") is None:
-    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
-    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
-    os.chdir("/content/kontext-lora-course/notebooks")
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, COURSE_DIR])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR])
+    sys.path.insert(0, COURSE_DIR)  # an editable install is seen only after a restart
+if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the course's notebooks folder
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))
 
 # %%
 import os
@@ -98,8 +100,7 @@ print(item["record"])
 # one-pixel shift would teach the model to *move* images. `alignment_offset` searches small shifts
 # and reports the one that matches best; `(0, 0)` means aligned.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from kontext_lora_helpers.pairs import alignment_offset
 
 print([alignment_offset(it["control"], it["target"]) for it in items])
@@ -178,8 +179,7 @@ viz.image_grid([list(target), list(reconstruction)], row_titles=["original", "VA
 # `(frame, row, col)`: the target image is frame 0, Kontext's condition image is frame 1. Packing
 # loses nothing:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 tokens = latents.pack(target_latents)
 print("latents", tuple(target_latents.shape), "-> tokens", tuple(tokens.shape))
 print("unpack(pack(z)) == z:", torch.equal(latents.unpack(tokens, *target_latents.shape[-2:]), target_latents))
@@ -211,6 +211,24 @@ viz.plot_token_sequence(text.prompt_embeds.shape[1], (h, w), (h, w), inputs["img
 # tokens: Kontext doubles the image tokens, which is why its training needs more memory than
 # FLUX.1-dev's (notebook 04 has the figures).
 #
+# **Two numbers ride along with the tokens: the timestep and the guidance.** `timestep` is the
+# noise level sigma of the target tokens (notebook 03). `guidance` needs a word of history. Most
+# diffusion models steer towards the prompt with *classifier-free guidance*: every sampling step
+# runs the model twice, with and without the prompt, and extrapolates from the second towards the
+# first by a factor, the guidance scale. FLUX.1-dev and FLUX.1-Kontext-dev are
+# *guidance-distilled*: they were trained to produce in **one** pass what that two-pass recipe
+# gives, and the scale became an input, embedded like the timestep and added to it
+# (`guidance_embeds=True` in the transformer's config). The pipeline's `guidance_scale` (3.5 by
+# default, `models.GUIDANCE_SCALE`) is that input. Training feeds the same value, so the LoRA
+# learns at the setting it will be used with; larger values follow the prompt more literally,
+# smaller ones more loosely, and without a second pass either way.
+
+# %%
+print("guidance_embeds:", pipe.transformer.config.guidance_embeds,
+      "| embedder:", type(pipe.transformer.time_text_embed).__name__)
+print("timestep:", inputs["timestep"].tolist(), " guidance:", inputs["guidance"].tolist())
+
+# %% [markdown]
 # ## 8. Meet the base model
 #
 # Nano's transformer was pretrained here as a small editor in exactly this layout. Given an
@@ -231,3 +249,40 @@ outputs = [pipe(image=img, prompt=p, generator=torch.Generator().manual_seed(0),
                           (degraded, "Restore this degraded photograph to high fidelity")]]
 viz.show_images([photo, *outputs[:3], degraded, outputs[3]],
                 ["input", "flip", "black and white", "brighter", "degraded input", "'restore' → copy"]);
+
+# %% [markdown]
+# ## Summary
+#
+# * `DegDataset` makes pixel-aligned pairs from clean photos, `PairedDataset` reads real
+#   degraded/clean folders; both give `(3, H, W)` tensors in `[-1, 1]` with a prompt and a record.
+# * The VAE encodes each image to 16 latent channels (FLUX: 8x smaller per side, nano: 2x), with a
+#   shift and a scale; its round trip bounds how close any restoration can get.
+# * Latents are packed into 2x2-patch tokens with `(frame, row, col)` ids; Kontext reads text
+#   tokens, noisy target tokens (frame 0) and control tokens (frame 1) in one sequence, plus the
+#   timestep and the distilled guidance value.
+# * The base model copies its input when asked to restore: the LoRA has everything to learn.
+#
+# Next, notebook 03 builds the loss that trains the LoRA on this sequence.
+#
+# ## Exercises
+#
+# Solutions that run are in `solutions.ipynb` (section 02).
+#
+# **Exercise 1.** The VAE round trip bounds every restoration. Measure it on the *degraded*
+# controls too: does the VAE keep the noise, or does it clean some of it away? What would it mean
+# for the LoRA if it did? *Hint:* `latents.round_trip(pipe.vae, control)` and
+# `metrics.psnr` against the clean targets.
+#
+# **Exercise 2.** Break the alignment on purpose: shift a control image by one pixel to the right
+# (`torch.roll`) and check that `alignment_offset` finds the shift. What would a LoRA trained on
+# such pairs learn?
+#
+# **Exercise 3.** Count the tokens the transformer reads for FLUX.1-Kontext-dev at 512 x 512,
+# 1024 x 1024 and a 1024 x 768 photo (512 text tokens each time). Attention costs grow with the
+# square of the sequence: how much more does a 1024 px step cost than a 512 px one in attention?
+# *Hint:* `latents.token_count` takes the latent size; FLUX's VAE divides each side by 8.
+#
+# **Exercise 4.** Run the base model's "Make the image brighter" edit with `guidance_scale` 1.0,
+# 3.5 and 7.0 (same seed) and compare. Nano's pretraining always fed 3.5: what do you expect from
+# the other values, and what do you see?
+

@@ -33,19 +33,21 @@
 # Everything runs on a CPU with nano Kontext. To use FLUX.1-Kontext-dev on a GPU, change `MODEL`.
 
 # %%
-# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
-# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+# On Colab: fetch the course, install its helpers and work in its notebooks folder.
+# Where the course is installed (a clone on your machine), this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"  # or the URL of your fork
+COURSE_DIR = "/content/kontext-lora-course"
 if importlib.util.find_spec("kontext_lora_helpers") is None:
-    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
-    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
-    os.chdir("/content/kontext-lora-course/notebooks")
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, COURSE_DIR])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR])
+    sys.path.insert(0, COURSE_DIR)  # an editable install is seen only after a restart
+if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the course's notebooks folder
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))
 
 # %%
 import torch
@@ -114,8 +116,10 @@ print("(x_0.7 - x_0.3) / 0.4 == noise - x0:", torch.allclose((x_high - x_low) / 
 # %% [markdown]
 # ## 3. Which sigmas training visits
 #
-# Each sample gets its own sigma. Uniform sampling wastes steps on the easy ends; the
-# **logit-normal** density (SD3, FLUX trainers) concentrates on the middle. At inference the
+# Each sample gets its own sigma. Uniform sampling spends as many steps on the nearly trivial ends
+# as on the middle; the **logit-normal** density, proposed with Stable Diffusion 3, concentrates on
+# the middle (diffusers' FLUX and Kontext training scripts offer it as `--weighting_scheme
+# logit_normal`; their default is uniform). At inference the
 # pipeline **shifts** its sigmas toward noise, more for more tokens (`calculate_shift`: mu = 0.5
 # for nano's 256 tokens, 1.15 for 1024 px). Training with the same shift trains the sigmas that
 # inference visits; diffusers' Kontext script does not.
@@ -192,8 +196,7 @@ viz_objective.show_x0_estimates(pipe.vae, target_pixels[:1], noisy_by_sigma, x0_
 #
 # Only `r (in + out)` numbers per layer train. The LoRA weights stay in float32 even on a bf16 base.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lora.add_lora(pipe.transformer, rank=16)
 if RUN.gradient_checkpointing:  # the real model: recompute activations in backward instead of storing them
     pipe.transformer.enable_gradient_checkpointing()
@@ -204,8 +207,7 @@ print("adapted layers:", len(lora.default_target_modules(pipe.transformer)))
 # One layer by hand: the first double block's query projection. `B` starts at zero, so the update
 # `(alpha/r) B A x` is exactly zero: the first training step sees the base model.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 layer = pipe.transformer.transformer_blocks[0].attn.to_q
 parts = lora.lora_layer_parts(layer)
 print({k: tuple(v.shape) for k, v in parts.items() if torch.is_tensor(v)}, "scale alpha/r =", parts["scale"])
@@ -264,9 +266,11 @@ print(f"VGG, linear gate   {perceptual.item():.4f}   gradient norm on LoRA {vgg_
 # %% [markdown]
 # **Why gate by sigma?** The same noise, the same photos, only sigma changes. For an estimate that
 # has only `x_sigma` to go on (the best *linear* denoiser, a Wiener filter), the perceptual loss of
-# `x0_hat` grows steeply with sigma: that blur is error no model can remove, and an ungated term
-# would be dominated by it. The nano base stays nearly flat because it copies the control image at
-# every sigma: its error is the degradation itself. Right: the gates, and the scale they leave on
+# `x0_hat` grows steeply with sigma: from `x_sigma` alone, detail drowned in noise cannot be told
+# apart, so the best linear estimate blurs it, and an ungated term would be dominated by that blur.
+# A model that also reads the control image is not bound by it: the nano base stays nearly flat
+# because it copies the control image at every sigma (its error is the degradation itself), and a
+# trained LoRA can be sharp at high sigma too. Right: the gates, and the scale they leave on
 # the velocity's gradient (`d x0_hat / d v_hat = -sigma`).
 
 # %%
@@ -287,8 +291,7 @@ viz_objective.plot_perceptual_by_sigma(grid, curves, gates=("linear", "threshold
 # One backward pass of L2 + VGG, then a census of which parameter tensors hold a gradient. The base
 # transformer, the VAE and VGG are frozen: gradients flow *through* them into the LoRA only.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pipe.transformer.zero_grad(set_to_none=True)
 step = objective.kontext_flow_matching_step(pipe.transformer, target_latents, control_latents, text, sigmas, noise)
 total = step.loss + 0.1 * losses.perceptual_term(vgg, pipe.vae, step.x0_hat_latents(), target_pixels, sigmas)
@@ -337,8 +340,9 @@ print("posterior-mean loss (clean-latent error):", round(estimate_step.loss.item
 # ## Summary
 #
 # - Training noises the target latent on a straight line, `x = (1 - sigma) x0 + sigma noise`, and
-#   regresses the velocity `noise - x0` on the target tokens only; sigmas are drawn logit-normal and
-#   shifted like the pipeline's.
+#   regresses the velocity `noise - x0` on the target tokens only; sigmas are drawn logit-normal,
+#   shifted like the pipeline's for the real model (`--sigma_shift auto`); nano's recipe in
+#   notebook 04 shifts them towards low noise instead (-1.5), a choice measured there.
 # - `x0_hat = x - sigma v_hat` links the velocity to an image; with Kontext's control image the base
 #   model's `x0_hat` is a copy of the control at every sigma, and the LoRA must move it to the target.
 # - LoRA trains `A` and `B` of every block projection; `B = 0` makes the first step the base model.
@@ -349,3 +353,26 @@ print("posterior-mean loss (clean-latent error):", round(estimate_step.loss.item
 #   the average one (higher PSNR, less invented detail).
 #
 # Next, **04_training** runs these steps in a loop with an optimizer, validation and checkpoints.
+#
+# ## Exercises
+#
+# Solutions that run are in `solutions.ipynb` (section 03).
+#
+# **Exercise 1.** What share of training steps see little noise? With `objective.sample_sigmas`,
+# find the fraction of sigmas below 0.18 for uniform sampling, for logit-normal shifted with the
+# pipeline's mu for nano's 256 tokens, and with nano's recipe shift of -1.5. Which sigmas does the
+# sampler's last step use? *Hint:* `pipe.scheduler` after `pipe.scheduler.set_timesteps(28, mu=mu)`
+# holds them in `pipe.scheduler.sigmas`.
+#
+# **Exercise 2.** Check the identity behind `x0_hat`: with the *true* velocity `noise - x0`,
+# `x_sigma - sigma * v` gives `x0` back at every sigma. Then add a small error `e` to the velocity:
+# how large is the error of `x0_hat` at sigma 0.1 and at 0.9?
+#
+# **Exercise 3.** How many parameters does a LoRA of rank 4, 16 and 64 train on nano, and what
+# share of the transformer is that? The count is `r (in + out)` per adapted layer: compute it from
+# the layers' shapes and compare with `lora.describe_parameters` after `add_lora`. *Hint:* add the
+# LoRA to a fresh `load_pipeline("nano")`, not to this notebook's pipeline, which already has one.
+#
+# **Exercise 4.** With the `"linear"` gate, how much does the perceptual term pull on the LoRA at
+# sigma 0.95 compared with sigma 0.2? Measure `lora.lora_gradient_norm` for one batch at each
+# sigma, and explain the ratio from the gate and from `d x0_hat / d v_hat = -sigma`.

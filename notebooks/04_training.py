@@ -19,48 +19,60 @@
 # # 04 · Training a restoration LoRA
 #
 # Notebooks 01–03 built the pieces: degraded pairs, the Kontext token sequence, the flow-matching
-# loss and a LoRA. This notebook runs the whole training, the course's main job, with the same
-# function the command line calls (`kontext_lora_helpers.train.train`):
+# loss and a LoRA. This notebook trains a restoration LoRA with them:
 #
 # 1. **The settings**, as a config object and as the equivalent shell command.
-# 2. **The run**, with a live loss curve and the validation PSNR as it trains.
-# 3. **Before and after**: the held-out photos restored by the base model and by base + LoRA, with
-#    PSNR and SSIM against the clean photos.
-# 4. **What the run leaves behind**, and how to resume it.
-# 5. **The real model on a GPU**: settings and memory for a Colab T4, an L4 and an A100.
+# 2. **The training step, by hand**: a loop of twenty lines built from notebook 03's functions,
+#    training with plain flow matching for a few dozen steps.
+# 3. **Nano's recipe**: the three choices this course adds for nano, each with its measurement.
+# 4. **The run**, with the same function the command line calls (`kontext_lora_helpers.train.train`),
+#    a live loss curve and the validation PSNR as it trains.
+# 5. **Before and after**: the held-out photos restored by the base model and by base + LoRA.
+# 6. **What the run leaves behind**, and how to resume it.
+# 7. **The real model on a GPU**: settings and memory for a Colab T4, an L4 and an A100.
 #
-# On a CPU it trains nano Kontext for 150 steps in about a minute and a half (the README's command trains
-# the full 500 in about four). To train FLUX.1-Kontext-dev on a GPU, change `MODEL`; the settings
-# then come from the table of section 5 for the GPU that is present.
+# On a CPU the whole notebook takes two to three minutes (the 150-step run of section 4 most of
+# it; the README's command trains the full 500 steps). To train FLUX.1-Kontext-dev on a GPU, change
+# `MODEL`; the settings then come from the table of section 7 for the GPU that is present.
 
 # %%
-# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
-# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+# On Colab: fetch the course, install its helpers and work in its notebooks folder.
+# Where the course is installed (a clone on your machine), this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"  # or the URL of your fork
+COURSE_DIR = "/content/kontext-lora-course"
 if importlib.util.find_spec("kontext_lora_helpers") is None:
-    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
-    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
-    os.chdir("/content/kontext-lora-course/notebooks")
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, COURSE_DIR])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR])
+    sys.path.insert(0, COURSE_DIR)  # an editable install is seen only after a restart
+if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the course's notebooks folder
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))
 
 # %%
+import gc
+import itertools
 import json
 import os
 from pathlib import Path
 
+import torch
 from IPython.display import Markdown, display
 from PIL import Image
 
-from kontext_lora_helpers import gpu_settings, viz
-from kontext_lora_helpers.course import data_samples
+from kontext_lora_helpers import gpu_settings, lora, objective, viz
+from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
-from kontext_lora_helpers.train import command_line, train
-from kontext_lora_helpers.viz_training import LiveTrainingPlot, metrics_table
+from kontext_lora_helpers.latents import image_token_count
+from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for
+from kontext_lora_helpers.train import NANO_RECIPE_MEASUREMENTS, command_line, train
+from kontext_lora_helpers.viz_training import (
+    LiveTrainingPlot, loss_curve_figure, metrics_table, recipe_measurements_figure,
+)
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
 OUTPUT_DIR = Path("outputs/04-restoration-lora")
@@ -70,34 +82,115 @@ OUTPUT_DIR = Path("outputs/04-restoration-lora")
 #
 # The degradation is the one the course measures against (notebook 01's `downsample,noise,blur`
 # with x2 downsampling, noise 0.1 and blur 0.5). Everything else is the recipe's default for the
-# model (`gpu_settings.notebook_settings`). For nano: batch 4 at 64 px, rank 16, learning rate
-# 3e-3, the `posterior_mean` objective of notebook 03 (the sampler ends at the average
-# restoration, which PSNR rewards) with half the noise levels below 0.18 (`sigma_shift` -1.5), an
-# average of the LoRA weights over about the last hundred steps (`ema_decay` 0.99), crops covering
-# a quarter to all of a photo's short side, and 150 steps here instead of the command line's 500,
-# so that the notebook stays quick. For the real model: the GPU's entry in `gpu_settings`.
+# model (`gpu_settings.notebook_settings`): for nano, batch 4 at 64 px, rank 16, learning rate
+# 3e-3, crops covering a quarter to all of a photo's short side, nano's recipe of section 3, and 150
+# steps here instead of the command line's 500, so that the notebook stays quick; for the real
+# model, the GPU's entry in `gpu_settings`.
 
 # %%
 degradation = PRESETS["course"]  # x2 down, noise 0.1, blur 0.5
 config = gpu_settings.notebook_settings(MODEL, hr_root=os.path.relpath(data_samples()),
                                        output_dir=str(OUTPUT_DIR), degradation=degradation)
-print(command_line(config))
+# The same run as a command, its paths as seen from the repository root:
+root = data_samples().parent
+print(command_line(config.replace(hr_root=os.path.relpath(data_samples(), root),
+                                  output_dir=os.path.relpath(OUTPUT_DIR.resolve(), root))))
 
 # %% [markdown]
-# That line, pasted into a terminal, runs exactly this training; `TrainConfig` and the flags have
-# the same names (`python -m kontext_lora_helpers.train --help` explains each).
+# That line, pasted into a terminal at the repository root, runs exactly this training;
+# `TrainConfig` and the flags have the same names (`python -m kontext_lora_helpers.train --help`
+# explains each).
 #
-# ## 2. The run
+# ## 2. The training step, by hand
 #
-# Every optimizer step: encode the clean/degraded pair with the frozen VAE, draw a noise level per
-# sample, let the model estimate the clean image from pure noise, place the noisy target on the line
-# from that estimate to the noise, predict from there with the control tokens as context, and update
-# the LoRA only (notebook 03, section 8; that is nano's `posterior_mean` recipe, the real model
-# trains with plain flow matching). Every 100 steps the run restores the held-out photos and
-# measures them, and writes a checkpoint it can resume from.
+# Before handing the work to `train()`, here is the step it repeats, written out with notebook
+# 03's functions: encode the pair with the frozen VAE, draw a noise level per sample and the noise,
+# predict the velocity from the noisy target, the control tokens and the prompt, and take an AdamW
+# step on the LoRA alone. This is plain **flow matching**, the objective FLUX.1-Kontext-dev trains
+# with. Forty steps on the training photos (never the held-out ones):
+
+# %%
+RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, checkpointing for the card found
+pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
+lora.add_lora(pipe.transformer, rank=config.rank)
+if RUN.gradient_checkpointing:
+    pipe.transformer.enable_gradient_checkpointing()
+pairs = DegDataset(config.hr_root, config.instance_prompt, config=degradation, resolution=config.resolution,
+                   seed=0, exclude=[held_out_dir()])
+loader = torch.utils.data.DataLoader(pairs, batch_size=config.train_batch_size, shuffle=True,
+                                     generator=torch.Generator().manual_seed(0))
+prompts = objective.PromptEmbeddingCache(pipe, max_sequence_length_for(pipe))
+mu = objective.calculate_shift(image_token_count(pipe.vae, config.resolution, config.resolution), pipe.scheduler.config)
+optimizer = torch.optim.AdamW(lora.lora_parameters(pipe.transformer), lr=config.learning_rate)
+device, dtype = pipe.transformer.device, pipe.transformer.dtype
+torch.manual_seed(0)
+
+hand_losses = []
+for step, batch in zip(range(40), itertools.cycle(loader)):
+    with torch.no_grad():  # 1. encode the clean target and the degraded control (frozen VAE)
+        target, control = objective.encode_pair(pipe.vae, batch["target"].to(device), batch["control"].to(device))
+    text = prompts.batch(list(batch["prompts"]), device=device, dtype=dtype)  # 2. cached prompt embeddings
+    sigmas = objective.sample_sigmas(len(target), "logit_normal", shift=mu).to(device)  # 3. a noise level each
+    noise = torch.randn_like(target)
+    # 4-6. noisy target on the straight line, predict the velocity, mean squared error to noise - x0
+    loss = objective.kontext_flow_matching_step(pipe.transformer, target, control, text, sigmas, noise).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # 7. gradients reach the LoRA only
+    optimizer.step()
+    hand_losses.append(loss.item())
+print(f"mean loss of the first 10 steps {sum(hand_losses[:10]) / 10:.3f}, of the last 10 {sum(hand_losses[-10:]) / 10:.3f}")
+
+# %%
+loss_curve_figure(range(1, len(hand_losses) + 1), hand_losses, title="the loop above: 40 steps of flow matching")
+
+# %% [markdown]
+# The loss per step jumps with the noise levels drawn for the batch (a batch of high sigmas is
+# harder than one of low sigmas); the moving average shows the trend. `train()` runs exactly these
+# stages (`train.training_loss`), plus what a real run needs: noise drawn from (seed, epoch, index)
+# so that a resumed run repeats it, gradient accumulation and clipping, a learning-rate schedule,
+# mixed precision and several GPUs through accelerate, validation, checkpoints and a progress bar.
+# The hand-made pipeline is not needed any more:
+
+# %%
+del pipe, optimizer, prompts
+gc.collect()
+if torch.cuda.is_available():
+    torch.cuda.empty_cache()
+
+# %% [markdown]
+# ## 3. Nano's recipe
 #
-# The loss per step jumps with the noise levels drawn for the batch; its moving average (dark line)
-# and the validation PSNR (orange, right axis) show the trend.
+# Trained like the loop above, for 500 steps, nano's LoRA gains on the base model, but three
+# choices gain more. They are this course's own recipe for **nano**, measured on nano, and
+# `train()` uses them when `MODEL` is nano:
+#
+# * **`objective="posterior_mean"` instead of flow matching.** Flow matching teaches the model to
+#   *draw* a plausible clean image; on a 64 px crop this noisy, two draws differ, and a draw scores
+#   about 3 dB below the average of all draws (notebook 03, section 8). The posterior-mean objective
+#   trains the points the sampler visits so that it ends at the average: smoother, higher PSNR.
+# * **`sigma_shift=-1.5`**: half the training noise levels below 0.18, where the sampler's last
+#   steps refine that average.
+# * **`ema_decay=0.99`**: at learning rate 3e-3 the weights jitter around their goal; the LoRA
+#   saved is the moving average of about the last hundred steps.
+#
+# What each gained, every pair of runs with the same command and 500 steps
+# (`train.NANO_RECIPE_MEASUREMENTS`, which also holds the two smaller choices of section 1):
+
+# %%
+recipe_measurements_figure(NANO_RECIPE_MEASUREMENTS)
+
+# %% [markdown]
+# **The real model trains with plain flow matching**, the pipeline's own sigma shift and no weight
+# average (`train.MODEL_RECIPES["flux"]`): that is how FLUX.1-Kontext-dev was trained and what
+# diffusers' Kontext scripts do, and none of nano's choices has been measured at its scale.
+# Exercise 1 compares the two objectives on nano for yourself.
+#
+# ## 4. The run
+#
+# Every 100 steps the run restores the held-out photos and measures them, and writes a checkpoint
+# it can resume from. The loss per step (blue) and its moving average show the training (with
+# `posterior_mean`, the loss is the error of the clean latents, not of a velocity); the validation
+# PSNR (orange, right axis) shows what it is for.
 
 # %%
 live = LiveTrainingPlot(every=50, total_steps=config.max_train_steps)
@@ -106,7 +199,7 @@ print(f"{result['status']}: {result['global_step']} steps in {result['seconds']:
       f"({result['steps_per_second']:.1f} steps/s)")
 
 # %% [markdown]
-# ## 3. Before and after
+# ## 5. Before and after
 #
 # The first validation ran before any training, so the LoRA was still zero: its column is the base
 # model. The last one used the trained LoRA. Columns: degraded input | base model | LoRA | clean photo.
@@ -131,7 +224,7 @@ display(Markdown(metrics_table(metrics)))
 # Longer training helps a little: the README's 500-step command reaches 25.2 dB on these four
 # photos, about 0.3 dB more.
 #
-# ## 4. What the run leaves behind
+# ## 6. What the run leaves behind
 #
 # * `pytorch_lora_weights.safetensors`: the LoRA in diffusers format (for nano, the average of its
 #   weights), for `FluxKontextPipeline.load_lora_weights(OUTPUT_DIR)` (notebook 05 restores photos
@@ -159,13 +252,14 @@ for path in sorted(OUTPUT_DIR.iterdir()):
 # and resume. A *different* run needs another `output_dir`: the trainer refuses a folder that holds
 # checkpoints of other settings rather than mixing them.
 #
-# ## 5. The real model on a GPU
+# ## 7. The real model on a GPU
 #
 # FLUX.1-Kontext-dev's transformer has 11.9 B parameters, 23.8 GB in bf16 before a single
 # activation; its T5 text encoder adds 9.5 GB. What makes it fit a smaller card:
 #
-# * **A quantized base** (`quantize="nf4"`): the frozen transformer in 4 bits, about 6.3 GB. The
-#   LoRA itself stays in float32 and trains normally (QLoRA).
+# * **A quantized base** (`quantize="nf4"`): the frozen transformer in 4 bits, about 6.7 GB
+#   (`gpu_settings.weight_memory_gb("transformer", "nf4")`). The LoRA itself stays in float32 and
+#   trains normally (QLoRA).
 # * **Cached prompt embeddings**: the trainer encodes each distinct prompt once and then frees the
 #   text encoders, so T5 never shares the GPU with a training step.
 # * **Gradient checkpointing**: activations are recomputed in the backward pass instead of stored.
@@ -216,3 +310,41 @@ print(command_line(t4, launcher="accelerate launch -m"))
 # trainable part is tiny. Sharding the base with FSDP or DeepSpeed ZeRO-3 only pays when the base
 # does not fit one card even quantized; the checkpoints here hold one unsharded optimizer state, so
 # those launchers are not supported by this trainer (the README's "Several GPUs" section says more).
+
+# %% [markdown]
+# ## Summary
+#
+# * A training step encodes the pair with the frozen VAE, noises the target latent at a drawn
+#   sigma, predicts from it with the control tokens and the prompt, and updates the LoRA alone;
+#   twenty lines of notebook 03's functions (section 2) make the whole step.
+# * `train()` repeats it with what a real run needs: reproducible noise, accumulation, schedules,
+#   mixed precision, several GPUs, validation, checkpoints and resuming.
+# * Nano trains with this course's measured recipe (posterior mean, shift -1.5, a weight average);
+#   the real model trains with plain flow matching, as it was trained.
+# * The run leaves a diffusers LoRA file, its settings, its metrics and resumable checkpoints; on a
+#   GPU, a quantized base, cached prompts, checkpointing and 8-bit Adam fit a 12 B model on a T4.
+#
+# Next, notebook 05 restores photos with this LoRA, measures it and exports it.
+#
+# ## Exercises
+#
+# Each needs a few short training runs (about half a minute each on a CPU with nano); keep them
+# short with `max_train_steps` and give each its own `output_dir`. Solutions that run are in
+# `solutions.ipynb` (section 04).
+#
+# **Exercise 1.** *Flow matching or the posterior mean?* Train two LoRAs for the same number of
+# steps from `config`, one with `objective="flow_matching"` (and the pipeline's shift,
+# `sigma_shift="auto"`) and one with nano's `"posterior_mean"`, and compare their validation PSNR
+# in `metrics.json`. Is the gap of section 3 there after a few dozen steps already?
+# *Hint:* `config.replace(objective=..., sigma_shift=..., max_train_steps=..., output_dir=...)`.
+#
+# **Exercise 2.** *L2 alone or L2 + VGG?* The original guide adds a perceptual term
+# (`--perceptual_loss`). Train the flow-matching run of exercise 1 again with
+# `perceptual_loss=True` and compare PSNR, SSIM and seconds per step. On a CPU use
+# `vgg_weights="random"` (no download); on a GPU the ImageNet weights are the real thing.
+#
+# **Exercise 3.** *A degradation the LoRA never saw.* Damage the held-out photos with JPEG at
+# quality 15 only, and restore them with this notebook's LoRA: does it help, hurt, or do nothing?
+# Then train a short LoRA on that JPEG degradation and measure it on the same photos. Explain the
+# difference. *Hint:* `DegradationConfig(degradation_types=("jpeg",), jpeg_quality=15)`, and
+# `train.Validator` is not needed: `metrics.json` holds the validation PSNR.

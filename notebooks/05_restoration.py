@@ -37,19 +37,21 @@
 # FLUX.1-Kontext-dev on a GPU, change `MODEL`.
 
 # %%
-# On Colab (or anywhere the course is not installed): fetch the course and install its helpers.
-# Where `kontext_lora_helpers` is already importable, this cell does nothing.
+# On Colab: fetch the course, install its helpers and work in its notebooks folder.
+# Where the course is installed (a clone on your machine), this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"
+COURSE_URL = "https://github.com/kontext-lora/kontext-lora-course"  # or the URL of your fork
+COURSE_DIR = "/content/kontext-lora-course"
 if importlib.util.find_spec("kontext_lora_helpers") is None:
-    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, "/content/kontext-lora-course"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/kontext-lora-course"])
-    sys.path.insert(0, "/content/kontext-lora-course")  # an editable install is seen after a restart
-    os.chdir("/content/kontext-lora-course/notebooks")
+    subprocess.check_call(["git", "clone", "--depth", "1", COURSE_URL, COURSE_DIR])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR])
+    sys.path.insert(0, COURSE_DIR)  # an editable install is seen only after a restart
+if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the course's notebooks folder
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))
 
 # %%
 import json
@@ -61,7 +63,7 @@ import torch
 from safetensors import safe_open
 
 from kontext_lora_helpers import export, gpu_settings, restore, viz
-from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.course import held_out_dir
 from kontext_lora_helpers.degradations import PRESETS, apply_degradation
 from kontext_lora_helpers.evaluate import evaluate_folders, format_table
 from kontext_lora_helpers.images import list_images, load_rgb
@@ -69,7 +71,6 @@ from kontext_lora_helpers.latents import pixel_multiple
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
 from kontext_lora_helpers.metrics import psnr
 from kontext_lora_helpers.models import load_pipeline, native_resolution
-from kontext_lora_helpers.train import train
 from kontext_lora_helpers.viz_degradations import prepare_photo
 from kontext_lora_helpers.viz_restoration import (
     BeforeAfter,
@@ -93,19 +94,14 @@ matplotlib.rcParams["figure.dpi"] = 72
 # ## The LoRA from notebook 04
 #
 # The degradation is the one the LoRA was trained on: x2 downsampling, noise 0.1 and blur 0.5
-# (notebook 01's `downsample,noise,blur`). If notebook 04 has not run here, its LoRA file is
-# missing, and the next cell trains it with exactly notebook 04's settings into the same folder,
-# so this notebook also works on its own (on a CPU that takes a few minutes; an interrupted run of
-# notebook 04 is continued from its last checkpoint rather than started over). When the file is
-# there, nothing is trained.
+# (notebook 01's `downsample,noise,blur`). On Colab every notebook runs on a machine of its own, so
+# notebook 04's LoRA may not be here: then `notebook_lora` trains it with exactly notebook 04's
+# settings into the same folder and says so (on a CPU that takes two minutes; an interrupted run of
+# notebook 04 is continued from its last checkpoint). When the file is there, nothing is trained.
 
 # %%
 DEGRADATION = PRESETS["course"]  # notebook 04's: x2 down, noise 0.1, blur 0.5
-if not (LORA_DIR / LORA_WEIGHT_NAME).is_file():
-    config = gpu_settings.notebook_settings(MODEL, hr_root=str(data_samples()), output_dir=str(LORA_DIR),
-                                           degradation=DEGRADATION)
-    print(f"{LORA_DIR} holds no LoRA yet: training it with notebook 04's settings")
-    train(config.replace(resume_from_checkpoint="latest"), progress_bar=False)
+gpu_settings.notebook_lora(MODEL, LORA_DIR, DEGRADATION)
 print(f"LoRA: {LORA_DIR / LORA_WEIGHT_NAME} ({(LORA_DIR / LORA_WEIGHT_NAME).stat().st_size / 1024:.0f} KB)")
 
 RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, VAE slicing for the card found
@@ -182,24 +178,24 @@ viz.show_images(list(columns.values()), zoom_box=(8, 16, 40, 48), scale=2.4,
 # about 1024 x 1024 for FLUX) and the photo's aspect ratio, in sides that are multiples of 4 px
 # (nano) or 16 px (FLUX), runs the pipeline there, and resizes the result back:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for image, restored in zip(degraded_own[:1] + degraded[:1], lora_own[:1] + lora_restored[:1]):
     run_size = restore.working_size(*image.size, NATIVE, MULTIPLE)
     print(f"input {image.width}x{image.height} -> pipeline at {run_size[0]}x{run_size[1]} "
           f"-> restored {restored.width}x{restored.height}")
 
 # %% [markdown]
-# On nano, squeezing 250 x 187 pixels through a 72 x 56 working size throws most of the detail
-# away, whatever the model does. `tile=True` keeps the photo's own resolution instead: the image is
+# On nano, squeezing 250 x 187 pixels through the 72 x 52 working size printed above throws most of
+# the detail away, whatever the model does. `tile=True` keeps the photo's own resolution instead: the image is
 # cut into overlapping tiles of the native size (for nano 5 x 4 tiles of 64 px, overlapping by a
 # quarter tile), each tile is restored, and neighbouring tiles are blended with weights that fade
 # towards their edges, so no seam shows. It costs a denoising run per tile (20 tiles here,
 # restored 8 per pipeline call: several seconds on a CPU, against a fraction of a second whole).
 #
-# Note what the nano LoRA saw in training: whole photos shrunk to 64 px. A tile is a small window
-# of the photo at full resolution, content at another scale than any training example; a LoRA for
-# tiled use would be trained on crops of that scale (`TrainConfig.crop_scale`).
+# Note what the nano LoRA saw in training: squares covering a quarter to all of a photo's short
+# side, resized to 64 px (`TrainConfig.crop_scale` 0.25-1). A 64 px tile of the photo at its full
+# resolution is a much smaller window than any of them, content at another scale; a LoRA for tiled
+# use would be trained on crops of that scale (a smaller `crop_scale`, or photos stored smaller).
 
 # %%
 lora_tiled = restore.restore_image(pipe, degraded_own[index], seed=SEED, tile=True, batch_size=8)
@@ -308,8 +304,7 @@ plot_scale_sweep(points, references={"degraded input": scores["degraded"]["psnr"
 # Scale 0 and scale 1 are the base model and the LoRA of section 2, pixel for pixel, since the
 # seed is the same:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def same(first, second):
     return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, second, strict=True))
 
@@ -384,9 +379,12 @@ if MODEL == "nano":  # with the real model this would load a second copy of it; 
 
 # %% [markdown]
 # **ComfyUI.** The trained file is in diffusers' layout (`transformer.<module>.lora_A.weight`).
-# ComfyUI's LoRA loader expects the kohya layout with Black Forest Labs' module names
-# (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, q, k and v fused into one layer).
-# `export` converts exactly (the fused layers become one LoRA of the summed rank):
+# ComfyUI reads that layout too, but ignores the alpha stored beside it, so it applies a diffusers
+# file correctly only when `lora_alpha` equals the rank. The kohya layout with Black Forest Labs'
+# module names (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, q, k and v fused into one
+# layer) carries its alpha, and `export`'s file in that layout was checked to load exactly in
+# ComfyUI's own loader: that is the file to give ComfyUI. `export` converts exactly (the fused
+# layers become one LoRA of the summed rank):
 #
 # ```bash
 # python -m kontext_lora_helpers.export --lora_weights outputs/04-restoration-lora --format comfyui \

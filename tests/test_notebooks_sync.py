@@ -7,7 +7,7 @@ import jupytext
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")) + sorted(NOTEBOOKS.glob("solutions.py"))
 
 
 def _cells(notebook):
@@ -16,7 +16,7 @@ def _cells(notebook):
 
 def test_every_notebook_has_both_files():
     stems_py = {p.stem for p in SCRIPTS}
-    stems_ipynb = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
+    stems_ipynb = {p.stem for p in [*NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), *NOTEBOOKS.glob("solutions.ipynb")]}
     assert stems_py and stems_py == stems_ipynb
 
 

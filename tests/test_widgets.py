@@ -323,3 +323,15 @@ def test_explorer_options(data_samples):
         DegradationExplorer(photos=data_samples, image="missing.jpg", resolution=RESOLUTION)
     with pytest.raises(ValueError, match="either config or preset"):
         DegradationExplorer(photos=data_samples, config=PRESETS["original_guide"], preset="original_guide")
+
+
+def test_picture_is_the_explorers_views_as_one_image(explorer):
+    # the static picture shown where the widget is not live must be the views the widget shows
+    result = explorer.render()
+    picture = np.asarray(explorer.picture())
+    degraded = np.asarray(Image.open(io.BytesIO(result.degraded_png)).convert("RGB"))
+    height, width = degraded.shape[:2]
+    assert picture.shape[1] == 2 * width + 4
+    assert np.array_equal(picture[:height, width + 4:], degraded)
+    explorer.zoom.value = 1
+    assert np.asarray(explorer.picture()).shape[0] == height  # no zoom: no row of crops
