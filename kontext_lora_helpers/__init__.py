@@ -17,8 +17,8 @@ base   `course`, `fileio`,          where the course's files are; writing files 
        `lora`                       the LoRA: adapter, files, kohya/ComfyUI layout, merging
 04     `train`, `gpu_settings`      the training command (config, checkpoints, validation, loop);
                                     settings per GPU
-05     `restore`, `evaluate`,       restoring any size (tiles) with LoRAs; scoring folders;
-       `export`                     exporting for ComfyUI
+05     `restore`, `classical`,      restoring any size (tiles) with LoRAs; the classical yardstick
+       `evaluate`, `export`         (non-local means, TV); scoring folders; exporting for ComfyUI
 tools  `nano.train`,                building and checking nano's weights
        `nano.evaluate`
 =====  ===========================  =============================================================
@@ -75,6 +75,7 @@ _INDEX = {
     "restore_image": "restore",
     "restore_images": "restore",
     "evaluate_folders": "evaluate",
+    "classical_restore": "classical",
     "psnr": "metrics",
     "ssim": "metrics",
 }

@@ -74,6 +74,7 @@ __all__ = [
     "apply_blur",
     "apply_degradation",
     "apply_degradation_steps",
+    "degrade_each",
     "apply_downsample",
     "apply_fade",
     "apply_grain",
@@ -1027,6 +1028,20 @@ def apply_degradation(
         config = config.replace(**overrides)
     steps = sample_degradation_steps(config, _as_generator(seed))
     return apply_degradation_steps(image, steps)
+
+
+def degrade_each(images: Sequence[Image.Image], config: DegradationConfig | None = None) -> list[Image.Image]:
+    """The degraded copy of each image, image ``i`` with seed ``i``: a fixed, reproducible test set.
+
+    Args:
+        images: 8-bit RGB images (any sizes).
+        config: the recipe (``None``: the original guide's defaults).
+
+    Returns:
+        One degraded 8-bit RGB image per input, same size, in order (the records are dropped; call
+        :func:`apply_degradation` for them).
+    """
+    return [apply_degradation(image, config, seed=index)[0] for index, image in enumerate(images)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,26 +11,37 @@ From the command line (``kontext-lora evaluate`` is the same command)::
     python -m kontext_lora_helpers.evaluate --restored outputs/restored --reference data_samples/held_out \\
         --degraded outputs/degraded --base outputs/restored_base --y_channel --crop_border 4
 
+With a classical yardstick (`classical`: non-local means or total variation restoring the degraded
+inputs), its strength tuned on *validation* pairs, never on the images evaluated here::
+
+    python -m kontext_lora_helpers.evaluate --restored outputs/restored --reference data_samples/held_out \\
+        --degraded outputs/degraded --classical nlm \\
+        --classical_tune_degraded outputs/val_degraded --classical_tune_reference outputs/val_clean
+
+(or ``--classical_strength S`` with a strength already chosen on validation images).
+
 Files are matched by their path relative to each folder **without the extension**, so
 ``restored/sub/cat.png`` is compared with ``reference/sub/cat.jpg``. Only names present in every
 given folder are measured (the others are listed as unmatched), so every mean is over the same
 images. Every image must have its reference's exact size.
 
 Measured per image and as a mean, for each of the restored images (the LoRA's output) and, when
-given, the degraded inputs and the base model's output:
+given, the degraded inputs, the classical restoration of the degraded inputs and the base model's
+output:
 
 * PSNR and SSIM in both conventions (``metrics.py``): RGB, and BT.601 luma (``_y``), after
   dropping ``crop_border`` pixels on every side. ``y_channel`` picks the convention the table and
   the headline gains use; the CSV and JSON always hold both.
-* PSNR gains in dB of the restored images over the degraded inputs and over the base model
-  (positive: the restored image is closer to the reference).
+* PSNR gains in dB of the restored images over the degraded inputs, the classical method and the
+  base model (positive: the restored image is closer to the reference).
 * LPIPS (lower is better) only when its weights are already on this machine: the ``lpips``
   package (which ships its linear layers) and torchvision's AlexNet weights in the torch hub cache.
   Otherwise it is reported as "skipped (no local weights)". Nothing is ever downloaded, and LPIPS
   is never computed with random weights: a distance from an untrained network means nothing.
 
 Reports: ``metrics.csv`` (one row per image, then the mean) and ``metrics.json`` (the same plus
-the settings, the LPIPS status and the unmatched files; infinite PSNRs, for identical images, are
+the settings, the LPIPS status, the classical method with its strength and where that strength
+was chosen, and the unmatched files; infinite PSNRs, for identical images, are
 written as the string ``"inf"`` so the file stays strict JSON).
 """
 
@@ -49,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import classical as classical_methods
 from . import metrics
 from .fileio import write_text_atomically
 from .images import UnusableImageError, list_images, load_rgb
@@ -58,16 +70,20 @@ __all__ = [
     "METHODS",
     "EvaluationError",
     "build_parser",
+    "check_classical_arguments",
+    "describe_classical",
     "evaluate_folders",
     "format_table",
     "index_images",
     "load_local_lpips",
     "main",
+    "tune_classical_on_folders",
     "write_reports",
 ]
 
-METHODS = ("degraded", "base", "restored")
-"""Columns, in the order a table shows them: the input, the model without LoRA, the LoRA's output."""
+METHODS = ("degraded", "classical", "base", "restored")
+"""Columns, in the order a table shows them: the input, the classical yardstick (`classical`), the
+model without LoRA, the LoRA's output."""
 
 LPIPS_SKIPPED = "skipped (no local weights)"
 _REPORT_NAMES = ("metrics.csv", "metrics.json")
@@ -217,6 +233,128 @@ def _mean(values: list) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+# ---------------------------------------------------------------------------------------------
+# The classical yardstick: its strength comes from validation pairs, never from the evaluated ones
+# ---------------------------------------------------------------------------------------------
+
+
+def _overlaps(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """True when two folders are the same or one holds the other (then they share images)."""
+    a, b = (Path(folder).expanduser().resolve() for folder in (first, second))
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_classical_arguments(
+    classical: str | None,
+    classical_strength: float | None,
+    classical_tune_degraded: str | os.PathLike | None,
+    classical_tune_reference: str | os.PathLike | None,
+    degraded: str | os.PathLike | None,
+    reference: str | os.PathLike,
+) -> None:
+    """Refuse an inconsistent or self-serving choice of the classical column, before anything is measured.
+
+    The strength is either given (``classical_strength``, chosen earlier on validation images) or
+    tuned here on validation pairs (both ``classical_tune_*`` folders); never both, never neither.
+    The tuning folders may not be, contain or lie inside the evaluated ``degraded`` or ``reference``
+    folder: a strength picked on the images it is then scored on flatters the classical method.
+
+    Raises:
+        EvaluationError: naming the argument to change (the flag of the same name on the command line).
+    """
+    tuning = {"classical_tune_degraded": classical_tune_degraded, "classical_tune_reference": classical_tune_reference}
+    if classical is None:
+        given = [name for name, value in [("classical_strength", classical_strength), *tuning.items()] if value is not None]
+        if given:
+            raise EvaluationError(f"{', '.join(given)} only apply(ies) to a classical column; add classical "
+                                  f"(--classical {'|'.join(classical_methods.CLASSICAL_METHODS)})")
+        return
+    try:
+        classical_methods.check_method(classical)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    if degraded is None:
+        raise EvaluationError("the classical method restores the degraded inputs: give their folder as degraded "
+                              "(--degraded DIR)")
+    missing = [name for name, value in tuning.items() if value is None]
+    if classical_strength is not None:
+        if len(missing) < 2:
+            raise EvaluationError("give either classical_strength (a strength chosen on validation images) or the "
+                                  "classical_tune_degraded/classical_tune_reference folders to tune it on, not both")
+        try:
+            classical_methods.check_strength(classical_strength)
+        except ValueError as error:
+            raise EvaluationError(f"classical_strength: {error}") from None
+        return
+    if len(missing) == 2:
+        raise EvaluationError(
+            "choose the classical strength on validation images: give classical_tune_degraded and "
+            "classical_tune_reference (validation pairs, other photos than the evaluated ones), or "
+            "classical_strength S chosen on validation images earlier"
+        )
+    if missing:
+        raise EvaluationError(f"{missing[0]} is missing: tuning needs both the degraded validation images and "
+                              "their clean references")
+    evaluated = {"degraded": degraded, "reference": reference}
+    for tune_name, tune_folder in tuning.items():
+        for role, folder in evaluated.items():
+            if _overlaps(tune_folder, folder):
+                raise EvaluationError(
+                    f"{tune_name} {str(tune_folder)!r} is (or overlaps) the evaluated {role} folder {str(folder)!r}: "
+                    "a strength tuned on the images it is then scored on flatters the classical method. Tune on "
+                    "validation pairs made from other photos (e.g. training photos degraded the same way)."
+                )
+
+
+def _load_pairs(degraded: str | os.PathLike, reference: str | os.PathLike, roles: tuple[str, str]) -> dict:
+    """{name: (degraded image, reference image)} for the names both folders hold; sizes checked."""
+    degraded_index, reference_index = index_images(degraded, roles[0]), index_images(reference, roles[1])
+    common = sorted(set(degraded_index) & set(reference_index))
+    if not common:
+        raise EvaluationError(
+            f"no matching files between {roles[0]} {str(degraded)!r} ({len(degraded_index)} images) and {roles[1]} "
+            f"{str(reference)!r} ({len(reference_index)} images); files are matched by their relative path "
+            "without the extension"
+        )
+    pairs = {}
+    for name in common:
+        bad, good = _load(degraded_index[name], roles[0]), _load(reference_index[name], roles[1])
+        if bad.size != good.size:
+            raise EvaluationError(f"{name}: the {roles[0]} image {degraded_index[name]} is {bad.size[0]}x{bad.size[1]} "
+                                  f"but {reference_index[name]} is {good.size[0]}x{good.size[1]}")
+        pairs[name] = (bad, good)
+    return pairs
+
+
+def tune_classical_on_folders(
+    method: str,
+    tune_degraded: str | os.PathLike,
+    tune_reference: str | os.PathLike,
+    strengths=None,
+) -> dict:
+    """Tune a classical method's strength on the validation pairs of two folders (`classical.tune_strength`).
+
+    Files are matched as in `evaluate_folders`. The folders must hold **validation** photos, not
+    the ones the strength is then scored on (`check_classical_arguments` refuses those).
+
+    Returns:
+        {"strength": the best, "tuned_on": {"degraded", "reference", "count", "mean_psnr_by_strength":
+        [{"strength", "psnr"}, ...] ascending}}.
+    """
+    pairs = _load_pairs(tune_degraded, tune_reference, ("classical_tune_degraded", "classical_tune_reference"))
+    degraded_images, clean_images = zip(*pairs.values())
+    best, table = classical_methods.tune_strength(degraded_images, clean_images, method, strengths)
+    return {
+        "strength": best,
+        "tuned_on": {
+            "degraded": str(tune_degraded),
+            "reference": str(tune_reference),
+            "count": len(pairs),
+            "mean_psnr_by_strength": [{"strength": strength, "psnr": psnr} for strength, psnr in table.items()],
+        },
+    }
+
+
 def evaluate_folders(
     restored: str | os.PathLike,
     reference: str | os.PathLike,
@@ -226,13 +364,22 @@ def evaluate_folders(
     crop_border: int = 0,
     lpips: str | Callable = "auto",
     progress: bool = False,
+    classical: str | None = None,
+    classical_strength: float | None = None,
+    classical_tune_degraded: str | os.PathLike | None = None,
+    classical_tune_reference: str | os.PathLike | None = None,
 ) -> dict:
-    """Score every restored image (and degraded / base ones) against its reference.
+    """Score every restored image (and degraded / classical / base ones) against its reference.
 
     Args:
         restored: folder of restored images (the LoRA's output).
         reference: folder of clean references.
         degraded, base: optional folders of the degraded inputs and of the base model's output.
+        classical: optional classical yardstick ("nlm" or "tv", see `classical`) that restores each
+            degraded input (needs ``degraded``), with its strength either given
+            (``classical_strength``, chosen earlier on validation images) or tuned here on the
+            validation pairs ``classical_tune_degraded`` / ``classical_tune_reference`` (other photos
+            than the evaluated ones; overlapping folders are refused).
         y_channel: make BT.601 luma the headline convention (table, gains); both are always measured.
         crop_border: pixels dropped on every side before measuring.
         lpips: "auto" (local weights if present, else skipped), "off", or a callable
@@ -241,17 +388,22 @@ def evaluate_folders(
 
     Returns:
         dict with ``settings``, ``methods`` (those measured, in `METHODS` order), ``lpips`` (status),
-        ``images`` (per image: ``name``, ``size`` [w, h], ``scores`` {method: {psnr, ssim, psnr_y,
-        ssim_y, lpips}}, ``gains`` {psnr_vs_degraded, psnr_y_vs_degraded, psnr_vs_base,
-        psnr_y_vs_base}, present where the folder was given), ``mean`` (same layout, over images),
-        ``unmatched`` {role: [names]} and ``count``. PSNR of identical images is ``inf``.
+        ``classical`` (None, or {method, description, strength, strength_source ("given" or
+        "tuned"), tuned_on (None, or as `tune_classical_on_folders` returns it)}), ``images`` (per
+        image: ``name``, ``size`` [w, h], ``scores`` {method: {psnr, ssim, psnr_y, ssim_y,
+        lpips}}, ``gains`` {psnr_vs_degraded, psnr_y_vs_degraded, psnr_vs_classical, ...,
+        psnr_y_vs_base}, present where the method was measured), ``mean`` (same layout, over
+        images), ``unmatched`` {role: [names]} and ``count``. PSNR of identical images is ``inf``.
 
     Raises:
         EvaluationError: a missing folder, no name common to all folders, an unreadable image,
-            or an image whose size differs from its reference (naming the file and both sizes).
+            an image whose size differs from its reference (naming the file and both sizes), or
+            an inconsistent classical choice (see `check_classical_arguments`).
     """
     if crop_border < 0:
         raise EvaluationError(f"crop_border must be >= 0; got {crop_border}")
+    check_classical_arguments(classical, classical_strength, classical_tune_degraded, classical_tune_reference,
+                              degraded, reference)
     folders = {"restored": restored, "reference": reference, "degraded": degraded, "base": base}
     indexes = {role: index_images(folder, role) for role, folder in folders.items() if folder is not None}
     for role, index in indexes.items():
@@ -265,7 +417,21 @@ def evaluate_folders(
             "relative to each folder, without the extension."
         )
     unmatched = {role: sorted(set(index) - common) for role, index in indexes.items()}
-    methods = [method for method in METHODS if method in indexes]
+    methods = [method for method in METHODS if method in indexes or (method == "classical" and classical)]
+
+    classical_record = None
+    if classical is not None:
+        if classical_strength is not None:
+            chosen = {"strength": float(classical_strength), "tuned_on": None}
+        else:
+            if progress:
+                print(f"tuning the {classical} strength on the pairs of {classical_tune_degraded} and "
+                      f"{classical_tune_reference} ...", file=sys.stderr)
+            chosen = tune_classical_on_folders(classical, classical_tune_degraded, classical_tune_reference)
+        classical_record = {"method": classical, "description": classical_methods.CLASSICAL_METHODS[classical],
+                            "strength": chosen["strength"],
+                            "strength_source": "given" if chosen["tuned_on"] is None else "tuned",
+                            "tuned_on": chosen["tuned_on"]}
 
     if callable(lpips):
         lpips_score, lpips_status = lpips, "computed (given scorer)"
@@ -284,9 +450,13 @@ def evaluate_folders(
     rows = []
     for name in names:
         clean = _load(indexes["reference"][name], "reference")
-        scores = {}
+        scores, images = {}, {}
         for method in methods:
-            image = _load(indexes[method][name], method)
+            if method == "classical":  # METHODS puts "degraded" first, so its image is loaded already
+                image = classical_methods.denoise(images["degraded"], classical, classical_record["strength"])
+            else:
+                image = _load(indexes[method][name], method)
+            images[method] = image
             if image.size != clean.size:
                 raise EvaluationError(
                     f"{name}: the {method} image {indexes[method][name]} is {image.size[0]}x{image.size[1]} but "
@@ -307,6 +477,7 @@ def evaluate_folders(
                      "y_channel": bool(y_channel), "crop_border": int(crop_border)},
         "methods": methods,
         "lpips": {"status": lpips_status, "computed": lpips_score is not None},
+        "classical": classical_record,
         "images": rows,
         "mean": {"scores": mean_scores, "gains": _gains(mean_scores)},
         "unmatched": unmatched,
@@ -315,9 +486,9 @@ def evaluate_folders(
 
 
 def _gains(scores: dict) -> dict[str, float]:
-    """PSNR gains (dB) of the restored images over the degraded ones and over the base model's."""
+    """PSNR gains (dB) of the restored images over the degraded ones, the classical and the base model's."""
     gains = {}
-    for other in ("degraded", "base"):
+    for other in ("degraded", "classical", "base"):
         if other in scores:
             for metric in ("psnr", "psnr_y"):
                 gains[f"{metric}_vs_{other}"] = _difference(scores["restored"][metric], scores[other][metric])
@@ -343,6 +514,21 @@ def _text(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def describe_classical(record: dict) -> str:
+    """One line naming the classical column's method, strength and where the strength was chosen.
+
+    Args:
+        record: ``result["classical"]`` of `evaluate_folders`.
+    """
+    text = f"classical = {record['method']}, strength {record['strength']:g}: {record['description']}; "
+    tuned_on = record["tuned_on"]
+    if tuned_on is None:
+        return text + "strength as given (chosen on validation images)"
+    best = max(row["psnr"] for row in tuned_on["mean_psnr_by_strength"])
+    return text + (f"tuned on {tuned_on['count']} validation pair(s) ({tuned_on['degraded']} vs "
+                   f"{tuned_on['reference']}; mean PSNR {_text(best, 2)} dB there)")
+
+
 def format_table(result: dict, y_channel: bool | None = None) -> str:
     """The result of `evaluate_folders` as an aligned text table: one row per image, then the mean.
 
@@ -358,7 +544,7 @@ def format_table(result: dict, y_channel: bool | None = None) -> str:
         columns.append((f"{method} SSIM{label}", lambda s, g, m=method: _text(s[m][f"ssim{suffix}"], 4)))
         if show_lpips:
             columns.append((f"{method} LPIPS", lambda s, g, m=method: _text(s[m]["lpips"], 4)))
-    for other in ("degraded", "base"):
+    for other in ("degraded", "classical", "base"):
         if other in result["methods"]:
             columns.append((f"gain vs {other} (dB)", lambda s, g, o=other: _text(g[f"psnr{suffix}_vs_{o}"], 2)))
 
@@ -380,6 +566,8 @@ def format_table(result: dict, y_channel: bool | None = None) -> str:
         "-" * len(render(header)),
         render(mean),
     ]
+    if result.get("classical"):
+        lines.insert(1, describe_classical(result["classical"]))
     for role, names in result["unmatched"].items():
         if names:
             lines.append(f"unmatched in {role} (not measured): {_describe(names)}")
@@ -450,7 +638,9 @@ def write_reports(result: dict, output_dir: str | os.PathLike, overwrite: bool =
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m kontext_lora_helpers.evaluate``."""
     parser = argparse.ArgumentParser(
-        usage="%(prog)s --restored DIR --reference DIR [--degraded DIR] [--base DIR] [options]",
+        usage="%(prog)s --restored DIR --reference DIR [--degraded DIR] [--base DIR] "
+              "[--classical nlm|tv (--classical_strength S | --classical_tune_degraded DIR "
+              "--classical_tune_reference DIR)] [options]",
         description="PSNR/SSIM (and LPIPS when its weights are on this machine) of restored images "
                     "against clean references; prints a table, writes metrics.csv and metrics.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -459,6 +649,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", required=True, help="folder of clean reference images")
     parser.add_argument("--degraded", default=None, help="folder of the degraded inputs, for gains over them")
     parser.add_argument("--base", default=None, help="folder of the base model's output, for gains over it")
+    parser.add_argument("--classical", choices=list(classical_methods.CLASSICAL_METHODS), default=None,
+                        help="add a classical yardstick that restores the --degraded inputs: nlm (non-local "
+                             "means) or tv (total variation); its strength comes from one of the next flags")
+    parser.add_argument("--classical_strength", type=float, default=None,
+                        help="the classical strength, chosen earlier on validation images (never on these)")
+    parser.add_argument("--classical_tune_degraded", default=None,
+                        help="degraded validation images to tune the classical strength on (other photos "
+                             "than --degraded's)")
+    parser.add_argument("--classical_tune_reference", default=None,
+                        help="clean references of --classical_tune_degraded, matched by name")
     parser.add_argument("--y_channel", action="store_true", help="headline numbers on BT.601 luma instead of RGB")
     parser.add_argument("--crop_border", type=int, default=0, help="pixels dropped on every side before measuring")
     parser.add_argument("--lpips", choices=["auto", "off"], default="auto",
@@ -483,7 +683,10 @@ def main(argv: list[str] | None = None) -> int:
             raise EvaluationError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
         result = evaluate_folders(args.restored, args.reference, degraded=args.degraded, base=args.base,
                                   y_channel=args.y_channel, crop_border=args.crop_border, lpips=args.lpips,
-                                  progress=True)
+                                  progress=True, classical=args.classical,
+                                  classical_strength=args.classical_strength,
+                                  classical_tune_degraded=args.classical_tune_degraded,
+                                  classical_tune_reference=args.classical_tune_reference)
         csv_path, json_path = write_reports(result, output, overwrite=args.overwrite)
     except EvaluationError as error:
         print(f"error: {error}", file=sys.stderr)

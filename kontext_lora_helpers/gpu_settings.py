@@ -187,11 +187,28 @@ NOTEBOOK_NANO_STEPS = 150
 """Steps of notebook 04's nano run: the recipe's settings in about 1.5 minutes on 2 CPU cores, so
 the course stays quick to run; the README's command trains the recipe's full 500 steps."""
 
+NOTEBOOK_STEPS_VARIABLE = "KONTEXT_LORA_NOTEBOOK_STEPS"
+"""An environment variable that shortens the notebooks' nano training runs to this many steps. The
+test suite sets it (`tests/conftest.py`) so that nbval executes every cell of the course in less
+time; the stored notebooks and the README's times are full runs, without it."""
+
+
+def notebook_nano_steps() -> int:
+    """`NOTEBOOK_NANO_STEPS`, or the smaller number `NOTEBOOK_STEPS_VARIABLE` asks for."""
+    import os
+
+    value = os.environ.get(NOTEBOOK_STEPS_VARIABLE, "")
+    if not value:
+        return NOTEBOOK_NANO_STEPS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{NOTEBOOK_STEPS_VARIABLE} must be a whole number of steps >= 1; got {value!r}")
+    return min(int(value), NOTEBOOK_NANO_STEPS)
+
 
 def notebook_settings(model: str, **overrides):
     """The training settings notebooks 04 and 05 use (05 retrains with them when 04 has not run).
 
-    nano: the recipe's defaults with `NOTEBOOK_NANO_STEPS` steps. Any other model: the entry of
+    nano: the recipe's defaults with `notebook_nano_steps()` steps. Any other model: the entry of
     the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
     `overrides` go on top (``hr_root``, ``output_dir``, ``degradation``...).
     """
@@ -200,7 +217,7 @@ def notebook_settings(model: str, **overrides):
 
     overrides = {**overrides, "pretrained_model_name_or_path": model}
     if is_nano(model):
-        return TrainConfig(**{"max_train_steps": NOTEBOOK_NANO_STEPS, **overrides})
+        return TrainConfig(**{"max_train_steps": notebook_nano_steps(), **overrides})
     return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "ImageInfo",
     "SkippedImageWarning",
     "UnusableImageError",
+    "centre_window",
     "find_usable_images",
     "is_hidden",
     "list_images",
@@ -336,6 +337,19 @@ def _wide_integer_to_rgb(image: Image.Image) -> Image.Image:
         values = values / 257.0  # 65535 / 257 = 255 exactly
     gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
+
+
+def centre_window(image: Image.Image, width: int, height: int) -> Image.Image:
+    """A ``width`` x ``height`` window from the middle of ``image``, at the image's own resolution
+    (no resizing: the content keeps its scale, as a tile or a crop of a real photo does).
+
+    Raises:
+        ValueError: the window is larger than the image.
+    """
+    if width > image.width or height > image.height:
+        raise ValueError(f"a {width}x{height} window does not fit in a {image.width}x{image.height} image")
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -79,8 +79,13 @@ def working_size(width: int, height: int, native_side: int, multiple: int) -> tu
 
 
 def default_num_inference_steps(pipe) -> int:
-    """The pipeline's own default number of denoising steps (28 for `FluxKontextPipeline`)."""
-    return int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
+    """The pipeline's own default number of denoising steps (28 for `FluxKontextPipeline`).
+
+    Args:
+        pipe: a pipeline, or a pipeline class (to read the default without building one).
+    """
+    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
+    return int(inspect.signature(pipeline_class.__call__).parameters["num_inference_steps"].default)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -279,6 +279,20 @@ def load_pipeline(
     return pipe
 
 
+def quiet_library_output() -> None:
+    """Silence diffusers' and transformers' notes, deprecation warnings and loading bars for the rest
+    of the process (a notebook's stored outputs stay readable; nothing the course needs is hidden:
+    errors still raise). A pipeline's own denoising bar is switched off per pipeline with
+    ``pipe.set_progress_bar_config(disable=True)``."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers(\.|$)")
+
+
 @contextlib.contextmanager
 def _quiet_diffusers():
     """Silence diffusers' info/warning logs for a block (kept out of notebook outputs)."""

@@ -36,6 +36,7 @@ __all__ = [
     "ScalePoint",
     "divider_column",
     "lora_scale_sweep",
+    "plot_method_comparison",
     "plot_scale_sweep",
     "save_pngs",
     "vae_ceiling_psnr",
@@ -327,6 +328,40 @@ def plot_scale_sweep(points: Sequence[ScalePoint], references: Mapping[str, floa
     axis.set_title(title or f"best mean: {means[best]:.2f} dB at scale {scales[best]:g}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best", framealpha=0.9)
+    figure.tight_layout()
+    return figure
+
+
+def plot_method_comparison(scores: Mapping[str, Mapping[str, float]], title: str | None = None):
+    """Grouped bars: the mean PSNR of each method, one group per set of images.
+
+    Args:
+        scores: {group, e.g. a crop scale: {method: mean PSNR in dB}}; every group lists the same
+            methods in the same order.
+        title: the axis title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    groups = list(scores)
+    methods = list(scores[groups[0]])
+    width = 0.8 / len(methods)
+    figure, axis = plt.subplots(figsize=(7, 3.4))
+    lowest = min(value for group in scores.values() for value in group.values())
+    for index, method in enumerate(methods):
+        positions = np.arange(len(groups)) + (index - (len(methods) - 1) / 2) * width
+        values = [scores[group][method] for group in groups]
+        bars = axis.bar(positions, values, width * 0.95, label=method)
+        axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], fontsize=7, padding=1)
+    axis.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    axis.set_ylim(lowest - 2, None)  # the differences are what matters; the bars start near the lowest
+    axis.set_ylabel("mean PSNR (dB)")
+    if title:
+        axis.set_title(title, fontsize=10)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left", framealpha=0.9)
     figure.tight_layout()
     return figure
 

@@ -69,12 +69,14 @@ from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.latents import image_token_count
 from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for
-from kontext_lora_helpers.train import NANO_RECIPE_MEASUREMENTS, command_line, train
+from kontext_lora_helpers.train import NANO_RECIPE_MEASUREMENTS, check_config, command_line, train
 from kontext_lora_helpers.viz_training import (
     LiveTrainingPlot, loss_curve_figure, metrics_table, recipe_measurements_figure,
 )
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
+if MODEL == "nano":
+    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
 OUTPUT_DIR = Path("outputs/04-restoration-lora")
 
 # %% [markdown]
@@ -110,18 +112,20 @@ print(command_line(config.replace(hr_root=os.path.relpath(data_samples(), root),
 # with. Forty steps on the training photos (never the held-out ones):
 
 # %%
+settings = check_config(config)  # the model's recipe filled in: resolution, learning rate, crops...
 RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, checkpointing for the card found
 pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
-lora.add_lora(pipe.transformer, rank=config.rank)
+lora.add_lora(pipe.transformer, rank=settings.rank)
 if RUN.gradient_checkpointing:
     pipe.transformer.enable_gradient_checkpointing()
-pairs = DegDataset(config.hr_root, config.instance_prompt, config=degradation, resolution=config.resolution,
-                   seed=0, exclude=[held_out_dir()])
-loader = torch.utils.data.DataLoader(pairs, batch_size=config.train_batch_size, shuffle=True,
+pairs = DegDataset(settings.hr_root, settings.instance_prompt, config=degradation, resolution=settings.resolution,
+                   crop_scale=settings.crop_scale, seed=0, exclude=[held_out_dir()])
+loader = torch.utils.data.DataLoader(pairs, batch_size=settings.train_batch_size, shuffle=True,
                                      generator=torch.Generator().manual_seed(0))
 prompts = objective.PromptEmbeddingCache(pipe, max_sequence_length_for(pipe))
-mu = objective.calculate_shift(image_token_count(pipe.vae, config.resolution, config.resolution), pipe.scheduler.config)
-optimizer = torch.optim.AdamW(lora.lora_parameters(pipe.transformer), lr=config.learning_rate)
+mu = objective.calculate_shift(image_token_count(pipe.vae, settings.resolution, settings.resolution),
+                               pipe.scheduler.config)
+optimizer = torch.optim.AdamW(lora.lora_parameters(pipe.transformer), lr=settings.learning_rate)
 device, dtype = pipe.transformer.device, pipe.transformer.dtype
 torch.manual_seed(0)
 

@@ -63,18 +63,21 @@ import torch
 from safetensors import safe_open
 
 from kontext_lora_helpers import export, gpu_settings, restore, viz
-from kontext_lora_helpers.course import held_out_dir
-from kontext_lora_helpers.degradations import PRESETS, apply_degradation
+from kontext_lora_helpers.classical import classical_restore, tune_strength
+from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.degradations import PRESETS, degrade_each
 from kontext_lora_helpers.evaluate import evaluate_folders, format_table
-from kontext_lora_helpers.images import list_images, load_rgb
+from kontext_lora_helpers.images import centre_window, list_images, load_rgb
 from kontext_lora_helpers.latents import pixel_multiple
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
 from kontext_lora_helpers.metrics import psnr
-from kontext_lora_helpers.models import load_pipeline, native_resolution
+from kontext_lora_helpers.nano import __main__ as nano_command
+from kontext_lora_helpers.models import load_pipeline, native_resolution, quiet_library_output
 from kontext_lora_helpers.viz_degradations import prepare_photo
 from kontext_lora_helpers.viz_restoration import (
     BeforeAfter,
     lora_scale_sweep,
+    plot_method_comparison,
     plot_scale_sweep,
     save_pngs,
     vae_ceiling_psnr,
@@ -127,16 +130,10 @@ photos = list_images(held_out_dir())
 names = [path.name for path in photos]
 
 
-def centre_window(image, width, height):
-    """A width x height window from the middle of the photo, at the photo's own resolution."""
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
 clean = [prepare_photo(load_rgb(path), RESOLUTION) for path in photos]
-degraded = [apply_degradation(image, DEGRADATION, seed=index)[0] for index, image in enumerate(clean)]
-clean_own = [centre_window(load_rgb(path), 250, 187) for path in photos]
-degraded_own = [apply_degradation(image, DEGRADATION, seed=index)[0] for index, image in enumerate(clean_own)]
+degraded = degrade_each(clean, DEGRADATION)  # photo i with seed i
+clean_own = [centre_window(load_rgb(path), 250, 187) for path in photos]  # no resizing
+degraded_own = degrade_each(clean_own, DEGRADATION)
 viz.image_grid([degraded, clean], row_titles=["degraded", "clean"], col_titles=names, scale=1.3);
 
 # %% [markdown]
@@ -324,10 +321,114 @@ viz.image_grid([[point.images[index] for point in points] + [clean[index]]],
 # from the base model's smoothing; run the same cell with the real model and its own LoRA before
 # settling on a scale for it.
 #
-# ## 6. The real model
+# ## 6. How good is that? A classical yardstick
 #
-# On a GPU, the LoRA works in plain diffusers. This is the whole inference with
-# FLUX.1-Kontext-dev. The whole pipeline in bf16 takes about 34 GB of GPU memory (transformer
+# A gain over the degraded input says the LoRA helps; it does not say whether a restoration needed
+# a 12 B model (or nano) at all. The yardstick here is a classical denoiser from scikit-image,
+# **non-local means**, which averages each pixel with pixels whose neighbourhoods look alike and
+# needs no training at all. Its one knob, the strength, is chosen where a fair comparison must
+# choose it: on the *training* photos, degraded the same way (`classical.tune_strength`), never on
+# the held-out photos it is then scored on.
+#
+# Scores depend on the scale of the content, so the comparison runs at two crop scales: the whole
+# photo resized to 64 px (section 1's images) and a 64 px window of the photo at half its stored
+# size, where each pixel holds finer detail and more of it is texture. The base model and the LoRA
+# come from `lora_scale_sweep` at scales 0 and 1.
+
+# %%
+training_photos = list_images(data_samples(), exclude=[held_out_dir()])
+CROPS = {f"whole photo at {RESOLUTION} px": lambda photo: prepare_photo(photo, RESOLUTION),
+         f"{RESOLUTION} px window at half size": lambda photo: centre_window(photo.reduce(2), RESOLUTION, RESOLUTION)}
+if any(min(load_rgb(path).size) < 2 * RESOLUTION for path in [*photos, *training_photos]):
+    del CROPS[f"{RESOLUTION} px window at half size"]  # the course's photos are too small for it at this size
+
+yardstick, examples = {}, {}
+for crop_name, crop in CROPS.items():
+    tune_clean = [crop(load_rgb(path)) for path in training_photos]  # the strength is chosen here,
+    strength, _ = tune_strength(degrade_each(tune_clean, DEGRADATION), tune_clean, "nlm")
+    test_clean = [crop(load_rgb(path)) for path in photos]  # and scored on the held-out photos
+    test_degraded = degrade_each(test_clean, DEGRADATION)
+    base_point, lora_point = lora_scale_sweep(pipe, loras, test_degraded, test_clean, scales=(0.0, 1.0), seed=SEED)
+    denoised = classical_restore(test_degraded, "nlm", strength)
+    yardstick[crop_name] = {"degraded input": np.mean([psnr(d, c) for d, c in zip(test_degraded, test_clean)]),
+                            "base model": base_point.mean_psnr,
+                            "non-local means": np.mean([psnr(d, c) for d, c in zip(denoised, test_clean)]),
+                            "base + LoRA": lora_point.mean_psnr}
+    examples[crop_name] = [test_degraded[index], denoised[index], lora_point.images[index], test_clean[index]]
+    margin = yardstick[crop_name]["base + LoRA"] - yardstick[crop_name]["non-local means"]
+    print(f"{crop_name}: non-local means at strength {strength:g} (tuned on {len(training_photos)} training photos); "
+          f"the LoRA {'leads' if margin > 0 else 'trails'} it by {abs(margin):.2f} dB")
+plot_method_comparison(yardstick, title="held-out photos, course degradation");
+
+# %%
+viz.image_grid(list(examples.values()), row_titles=list(examples),
+               col_titles=["degraded", "non-local means", "base + LoRA", "clean"], scale=1.5);
+
+# %% [markdown]
+# Read the bars plainly. Where the LoRA is ahead of non-local means, that margin (not the gain over
+# the degraded input) is what its training bought; where it is level or behind, a few milliseconds
+# of classical denoising do as well, and the LoRA has more to learn: longer training, or training
+# crops of that scale (`TrainConfig.crop_scale`), which exercise 1 tries. Nano is a tiny model
+# trained for minutes; the same comparison with FLUX.1-Kontext-dev and its LoRA is the one that
+# decides whether a real restoration LoRA is worth its GPU hours. `evaluate` adds the same
+# yardstick as a column of its table: `--classical nlm` with `--classical_tune_degraded` and
+# `--classical_tune_reference` naming validation folders (it refuses the evaluated ones).
+#
+# ## 7. The real model
+#
+# On a GPU, the LoRA works in plain diffusers, with the original guide's inference snippet. It runs
+# here first on nano: `nano export` writes nano as a standard diffusers folder, with a model card
+# (the folder's `README.md`) that gives the exact call nano needs. Its key part:
+
+# %%
+NANO_FOLDER = OUTPUT_DIR / "nano-diffusers"
+nano_command.main(["export", str(NANO_FOLDER), "--overwrite"])  # python -m kontext_lora_helpers.nano export DIR
+card = (NANO_FOLDER / "README.md").read_text()
+print(card[card.index("## Use it"):card.index("```python")])
+
+# %% [markdown]
+# Those arguments matter: called without `max_sequence_length=32`, the pipeline pads nano's prompt
+# to its default 512 tokens, which nano's text encoder never saw, and returns a poor image without
+# any warning (exercise 3 measures how poor). Here is the original guide's snippet, unchanged except
+# for the paths, float32 on the CPU instead of bf16 on CUDA, and nano's size and text length from
+# its card:
+
+# %%
+if MODEL == "nano":
+    quiet_library_output()  # loading bars, notes, and torch_dtype's rename to dtype in diffusers 0.42
+
+    from diffusers import FluxKontextPipeline
+    from diffusers.utils import load_image
+
+    pipeline = FluxKontextPipeline.from_pretrained(
+        str(NANO_FOLDER),
+        torch_dtype=torch.float32,
+    ).to("cpu")
+
+    pipeline.load_lora_weights(str(LORA_DIR))
+    pipeline.set_progress_bar_config(disable=True)  # no denoising bar in the stored notebook
+
+    input_image = load_image(str(OUTPUT_DIR / "degraded" / "coffee.png"))
+    prompt = "Restore this degraded photograph to high fidelity"
+    enhanced_image = pipeline(
+        image=input_image,
+        prompt=prompt,
+        guidance_scale=3.5,
+        height=64, width=64, max_area=64 * 64, _auto_resize=False, max_sequence_length=32,  # nano's card
+        generator=torch.Generator().manual_seed(SEED),
+    ).images[0]
+
+    enhanced_image.save(OUTPUT_DIR / "restored_image.png")
+    print(f"the guide's snippet: {psnr(enhanced_image, clean[index]):.2f} dB; section 2's restore_images: "
+          f"{psnr(lora_restored[index], clean[index]):.2f} dB against the clean photo")
+
+# %% [markdown]
+# The plain diffusers call and the course's `restore_images` give the same restoration: the LoRA
+# file is a standard diffusers LoRA, and nothing in the course's restoration is hidden from a plain
+# pipeline.
+#
+# With FLUX.1-Kontext-dev the snippet needs no size arguments (1024 x 1024 and 512 tokens are its
+# own defaults). The whole pipeline in bf16 takes about 34 GB of GPU memory (transformer
 # 23.8 GB, T5 text encoder 9.5 GB), so this plain form wants a 40 GB card or larger; on smaller
 # ones `load_pipeline(MODEL, quantize="nf4")` or the command's `--quantize nf4` stores the
 # transformer in 4 bits. The model is gated: accept its licence on the Hugging Face hub and log in
@@ -406,8 +507,39 @@ print(f"{len(keys)} tensors, e.g.", *keys[:3], sep="\n  ")
 # the `lora_scale` of section 5. For nano the file is only a demonstration (ComfyUI runs the real
 # model); a LoRA trained on FLUX.1-Kontext-dev converts the same way.
 #
-# **What this notebook showed:** `restore_images` and `restore_image` return every image at its
-# own size, whole or tiled; `load_loras` switches a LoRA on at any scale; `evaluate_folders`
-# turns folders of results into a table; and the sweep shows how the score depends on the scale.
-# On nano the numbers are bounded by a small VAE; the same cells on FLUX.1-Kontext-dev measure a
-# real restoration LoRA.
+# ## Summary
+#
+# * `restore_images` and `restore_image` return every image at its own size, whole or tiled;
+#   `load_loras` switches a LoRA on at any scale, and the same seed makes base and LoRA comparable
+#   pixel for pixel.
+# * `evaluate_folders` turns folders of results into PSNR and SSIM against the clean photos, with
+#   the gains over the degraded input and the base model; the scale sweep shows how the score
+#   depends on the LoRA's strength.
+# * A classical denoiser, tuned on other photos, is the yardstick: it says how much of the LoRA's
+#   gain a method without any training gets, and where the LoRA is worth its training.
+# * The LoRA works in plain diffusers (`load_lora_weights`, with nano's exported folder as with
+#   FLUX.1-Kontext-dev), from the `restore` command, and in ComfyUI after `export`.
+#
+# ## Exercises
+#
+# Solutions that run are in `solutions.ipynb` (section 05).
+#
+# **Exercise 1.** *Beat the yardstick by more.* Section 6 measured the LoRA against non-local
+# means at two crop scales; the margin is small. Try two ways to widen it (or to close it, where
+# the denoiser is ahead): run the denoiser on the LoRA's output, and train a short LoRA on crops of
+# the window scale. Measure both on the held-out photos, tuning anything you tune on the training
+# photos only. *Hint:* `classical_restore`, and `TrainConfig.crop_scale` for the size of the
+# training crops (a fraction of the photo's short side).
+#
+# **Exercise 2.** *Damage the LoRA never saw.* Degrade the held-out photos with notebook 01's
+# `old_photo` preset and restore them with the LoRA. What does it repair, what does it leave, and
+# why? *Hint:* compare with the base model and look at the colours and the scratches.
+#
+# **Exercise 3.** *The trap.* Call the exported nano folder with section 7's snippet but without
+# `max_sequence_length=32`, on the clean 64 px photos with the base model (no LoRA loaded: nano
+# then returns its input), and measure PSNR against the photos with and without the argument. What
+# happened to the prompt?
+#
+# **Exercise 4.** *Choose the scale honestly.* Section 5 swept `lora_scale` on the held-out photos
+# it then reports. Choose the scale on crops of the *training* photos instead, then measure the
+# held-out photos at that scale. How far is the honest choice from the best one in hindsight?

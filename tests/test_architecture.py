@@ -32,7 +32,7 @@ STAGES: dict[str, int] = {
     # 04 training
     "train": 4, "gpu_settings": 4, "preflight": 4,
     # 05 restoration
-    "restore": 5, "evaluate": 5, "export": 5,
+    "restore": 5, "classical": 5, "evaluate": 5, "export": 5,
     # tools that build and check nano with everything above
     "nano.train": 6, "nano.evaluate": 6, "nano.__main__": 6,
 }

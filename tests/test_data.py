@@ -528,3 +528,12 @@ def test_crop_scale_sets_the_window_and_never_enlarges(data_samples):
         check_crop_scale((0.5, 0.2))
     item = DegDataset(data_samples, "p", resolution=64, crop_scale=(0.25, 1.0))[0]
     assert item["target"].shape == item["control"].shape == (3, 64, 64)
+
+
+def test_centre_window_cuts_the_middle_without_resizing():
+    pixels = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    window = images.centre_window(Image.fromarray(pixels), 4, 6)
+    assert window.size == (4, 6)
+    assert np.array_equal(np.asarray(window), pixels[2:8, 4:8])
+    with pytest.raises(ValueError, match="does not fit"):
+        images.centre_window(Image.fromarray(pixels), 13, 6)

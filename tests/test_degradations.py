@@ -505,3 +505,16 @@ def test_parse_parameter():
         deg.parse_parameter("1,2,3")
     with pytest.raises(ValueError):
         DegradationConfig.from_dict({"noise_level": 0.1, "sharpness": 2})
+
+
+def test_degrade_each_gives_image_i_seed_i():
+    from kontext_lora_helpers.degradations import degrade_each
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    config = PRESETS["course"]
+    copies = degrade_each(images, config)
+    assert [copy.size for copy in copies] == [image.size for image in images]
+    for index, (image, copy) in enumerate(zip(images, copies)):
+        assert copy.tobytes() == apply_degradation(image, config, seed=index)[0].tobytes()
+    assert copies[0].tobytes() != apply_degradation(images[0], config, seed=1)[0].tobytes()

@@ -210,3 +210,121 @@ def test_command_prints_the_table_and_writes_the_reports(folders, tmp_path, caps
     assert main(["--restored", str(tmp_path / "nowhere"), "--reference", str(folders["reference"]),
                  "--output", str(tmp_path / "r2")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The classical column
+# ---------------------------------------------------------------------------------------------
+
+
+def smooth_photo(phase: float, size: int = 40) -> np.ndarray:
+    """A smooth colour image (0-255 floats) that a denoiser can recover well from noise."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    return np.stack([70 + 110 * x + 25 * np.sin(5 * y + phase), 90 + 90 * y, 150 - 70 * x], axis=-1)
+
+
+@pytest.fixture
+def noisy_folders(tmp_path: Path) -> dict[str, Path]:
+    """Evaluated pairs (reference, noisy degraded, restored = reference + 2 levels) and validation
+    pairs made from other images, in separate folders."""
+    rng = np.random.default_rng(0)
+    roots = {role: tmp_path / role for role in ("reference", "degraded", "restored", "val_reference", "val_degraded")}
+    for prefix, phases in (("", (0.0, 1.0)), ("val_", (2.0, 3.0, 4.0))):
+        for index, phase in enumerate(phases):
+            clean = smooth_photo(phase)
+            save(clean, roots[f"{prefix}reference"] / f"photo{index}.png")
+            save(clean + rng.normal(0, 20, clean.shape), roots[f"{prefix}degraded"] / f"photo{index}.png")
+            if not prefix:
+                save(clean + 2, roots["restored"] / f"photo{index}.png")
+    return roots
+
+
+def test_classical_column_with_a_given_strength_scores_the_denoised_inputs(noisy_folders, no_torch_hub_weights):
+    from kontext_lora_helpers.classical import classical_restore
+    from kontext_lora_helpers.metrics import psnr
+
+    pytest.importorskip("pywt")
+    folders = noisy_folders
+    result = evaluate_folders(folders["restored"], folders["reference"], degraded=folders["degraded"], lpips="off",
+                              classical="tv", classical_strength=0.08)
+    assert result["methods"] == ["degraded", "classical", "restored"]
+    assert result["classical"] == {"method": "tv", "description": result["classical"]["description"],
+                                   "strength": 0.08, "strength_source": "given", "tuned_on": None}
+    degraded = [Image.open(folders["degraded"] / f"photo{i}.png").convert("RGB") for i in range(2)]
+    clean = [Image.open(folders["reference"] / f"photo{i}.png").convert("RGB") for i in range(2)]
+    expected = [psnr(image, reference) for image, reference in zip(classical_restore(degraded, "tv", 0.08), clean)]
+    for row, value in zip(result["images"], expected):
+        assert row["scores"]["classical"]["psnr"] == pytest.approx(value, abs=1e-9)
+        assert row["gains"]["psnr_vs_classical"] == pytest.approx(row["scores"]["restored"]["psnr"] - value, abs=1e-9)
+    mean = result["mean"]["scores"]
+    assert mean["classical"]["psnr"] > mean["degraded"]["psnr"] + 5  # TV does remove the noise
+    table = format_table(result)
+    assert "classical PSNR" in table and "gain vs classical (dB)" in table
+    assert "classical = tv, strength 0.08" in table and "as given" in table
+
+
+def test_command_tunes_the_classical_strength_on_validation_folders_and_records_it(noisy_folders, tmp_path, capsys,
+                                                                                   no_torch_hub_weights):
+    pytest.importorskip("pywt")
+    from kontext_lora_helpers.classical import DEFAULT_STRENGTHS
+
+    folders, report = noisy_folders, tmp_path / "report"
+    assert main(["--restored", str(folders["restored"]), "--reference", str(folders["reference"]),
+                 "--degraded", str(folders["degraded"]), "--classical", "nlm", "--lpips", "off",
+                 "--classical_tune_degraded", str(folders["val_degraded"]),
+                 "--classical_tune_reference", str(folders["val_reference"]), "--output", str(report)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((report / "metrics.json").read_text())
+    record = saved["classical"]
+    assert record["method"] == "nlm" and record["strength_source"] == "tuned"
+    tuned_on = record["tuned_on"]
+    assert tuned_on["count"] == 3 and tuned_on["degraded"] == str(folders["val_degraded"])
+    table = {row["strength"]: row["psnr"] for row in tuned_on["mean_psnr_by_strength"]}
+    assert list(table) == sorted(DEFAULT_STRENGTHS["nlm"])
+    assert record["strength"] == max(table, key=table.get) > 0
+    assert f"classical = nlm, strength {record['strength']:g}" in printed and "3 validation pair(s)" in printed
+    with (report / "metrics.csv").open() as handle:
+        columns = next(csv.reader(handle))
+    assert "classical_psnr" in columns and "gain_psnr_vs_classical" in columns
+
+
+def test_tuning_on_the_evaluated_folders_is_refused(noisy_folders, tmp_path, capsys, no_torch_hub_weights):
+    folders = noisy_folders
+    evaluated = dict(degraded=folders["degraded"], lpips="off", classical="nlm")
+    with pytest.raises(EvaluationError, match=r"is \(or overlaps\) the evaluated degraded folder"):
+        evaluate_folders(folders["restored"], folders["reference"], **evaluated,
+                         classical_tune_degraded=folders["degraded"], classical_tune_reference=folders["val_reference"])
+    # a folder inside the evaluated references, or one holding them, shares their images too
+    for inside_or_around in (folders["reference"] / "sub", tmp_path):
+        with pytest.raises(EvaluationError, match=r"classical_tune_reference .* is \(or overlaps\) the evaluated"):
+            evaluate_folders(folders["restored"], folders["reference"], **evaluated,
+                             classical_tune_degraded=folders["val_degraded"], classical_tune_reference=inside_or_around)
+    report = tmp_path / "report"
+    assert main(["--restored", str(folders["restored"]), "--reference", str(folders["reference"]),
+                 "--degraded", str(folders["degraded"]), "--classical", "tv", "--output", str(report),
+                 "--classical_tune_degraded", str(folders["degraded"]),
+                 "--classical_tune_reference", str(folders["reference"])]) == 1
+    assert "flatters the classical method" in capsys.readouterr().err and not report.exists()
+
+
+def test_inconsistent_classical_arguments_give_clear_errors(noisy_folders, capsys):
+    folders = noisy_folders
+    run = lambda **kwargs: evaluate_folders(folders["restored"], folders["reference"], lpips="off", **kwargs)  # noqa: E731
+    validation = dict(classical_tune_degraded=folders["val_degraded"], classical_tune_reference=folders["val_reference"])
+    with pytest.raises(EvaluationError, match="unknown classical method 'median'"):
+        run(degraded=folders["degraded"], classical="median", classical_strength=1.0)
+    with pytest.raises(EvaluationError, match="restores the degraded inputs"):
+        run(classical="nlm", classical_strength=1.0)
+    with pytest.raises(EvaluationError, match="not both"):
+        run(degraded=folders["degraded"], classical="nlm", classical_strength=1.0, **validation)
+    with pytest.raises(EvaluationError, match="choose the classical strength on validation images"):
+        run(degraded=folders["degraded"], classical="nlm")
+    with pytest.raises(EvaluationError, match="classical_tune_reference is missing"):
+        run(degraded=folders["degraded"], classical="nlm", classical_tune_degraded=folders["val_degraded"])
+    with pytest.raises(EvaluationError, match="classical_strength: strength must be a finite number >= 0"):
+        run(degraded=folders["degraded"], classical="tv", classical_strength=-1.0)
+    with pytest.raises(EvaluationError, match="only apply"):
+        run(degraded=folders["degraded"], classical_strength=1.0)
+    with pytest.raises(SystemExit) as caught:
+        main(["--restored", str(folders["restored"]), "--reference", str(folders["reference"]), "--classical", "bm3d"])
+    assert caught.value.code == 2 and "invalid choice: 'bm3d'" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """The per-GPU training settings for the real model (notebook 04's table)."""
 
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,10 +49,21 @@ def test_unknown_gpu_names_the_known_ones():
 def test_settings_table_has_a_row_per_gpu():
     table = gpu_settings.settings_table()
     assert table.count("\n") == len(gpu_settings.GPU_SETTINGS) + 1
-    assert "| T4 | 16 GB | fp16 | nf4 | 512 px | 1 x 4 | 6.3 GB | 9-12 GB |" in table
+    assert "| T4 | 16 GB | fp16 | nf4 | 512 px | 1 x 4 | 6.7 GB | 9-12 GB |" in table
+
+
+def test_the_nf4_size_in_prose_is_the_computed_one():
+    # one source for the figure: 4 bits + a float32 scale per 64 weights, as load_pipeline configures it
+    size = f"{gpu_settings.weight_memory_gb('transformer', 'nf4'):.1f} GB"
+    assert size == "6.7 GB"
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "README.md", root / "notebooks" / "04_training.py"):
+        text = path.read_text()
+        assert f"about {size}" in text and not re.search(r"\b6\.[0-689] GB", text), path.name
 
 
 def test_notebook_settings_shorten_nano_and_pick_the_gpu_entry_otherwise(monkeypatch):
+    monkeypatch.delenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, raising=False)
     nano = gpu_settings.notebook_settings("nano", hr_root="data_samples", output_dir="outputs/nb")
     assert nano.max_train_steps == gpu_settings.NOTEBOOK_NANO_STEPS < TrainConfig().max_train_steps
     assert nano == TrainConfig(hr_root="data_samples", output_dir="outputs/nb", max_train_steps=gpu_settings.NOTEBOOK_NANO_STEPS)
@@ -78,3 +91,13 @@ def test_run_settings_fit_each_card_and_leave_nano_alone():
     big = gpu_settings.run_settings(real, gpu="H100", memory_gb=80)
     assert big.quantize == "none" and big.card == "H100"
     assert "nf4 base" in str(t4) and "text_encoder_offload" in str(t4)
+
+
+def test_the_test_suite_may_shorten_the_notebook_runs_but_never_lengthen_them(monkeypatch):
+    monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "20")
+    assert gpu_settings.notebook_settings("nano", hr_root="d", output_dir="o").max_train_steps == 20
+    monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "100000")
+    assert gpu_settings.notebook_nano_steps() == gpu_settings.NOTEBOOK_NANO_STEPS
+    monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "ten")
+    with pytest.raises(ValueError, match=gpu_settings.NOTEBOOK_STEPS_VARIABLE):
+        gpu_settings.notebook_nano_steps()

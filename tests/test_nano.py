@@ -19,8 +19,10 @@ from kontext_lora_helpers.nano.__main__ import main as nano_main
 from kontext_lora_helpers.models import call_kwargs
 from kontext_lora_helpers.nano.evaluate import evaluate_nano, tensor_to_pils
 from kontext_lora_helpers.nano.pool import default_image_paths, held_out_batch, held_out_stems
+from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT as DEFAULT_PROMPT
 
 PROMPT = "Restore this degraded photograph to high fidelity — remove noise"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,48 @@ def test_export_loads_in_plain_diffusers_and_matches(tmp_path, pipe):
     # never overwrite a folder someone filled
     with pytest.raises(SystemExit, match="not empty"):
         nano_main(["export", str(folder)])
+
+
+def test_export_writes_a_model_card_whose_snippet_runs_as_the_course_calls_nano(tmp_path, pipe, lora_dir, monkeypatch):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from kontext_lora_helpers.inference import default_num_inference_steps
+    from kontext_lora_helpers.models import GUIDANCE_SCALE
+    from kontext_lora_helpers.nano import NANO_RESOLUTION, model_card_text
+
+    folder = tmp_path / "nano"
+    assert nano_main(["export", str(folder)]) == 0
+    card = (folder / "README.md").read_text()
+    assert card == model_card_text(str(folder))
+    for argument in (f"max_sequence_length={NANO_MAX_SEQUENCE_LENGTH}", f"guidance_scale={GUIDANCE_SCALE}",
+                     f"height={NANO_RESOLUTION}, width={NANO_RESOLUTION}", f'from_pretrained("{folder}")'):
+        assert argument in card
+
+    # The card's snippet, run as a reader would (2 steps instead of the default to stay fast), gives
+    # exactly what the course's own call (`models.call_kwargs`) gives.
+    snippet = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+    steps = f"num_inference_steps={default_num_inference_steps(pipe)}"
+    assert steps in snippet
+    snippet = snippet.replace(steps, "num_inference_steps=2")
+    monkeypatch.chdir(tmp_path)
+    photo = tensor_to_pils(held_out_batch(NANO_RESOLUTION)[:1])[0]
+    photo.save("photo.png")
+    exec(compile(snippet, "README.md", "exec"), {})
+    from_card = np.asarray(Image.open("result.png"))
+    expected = pipe(image=photo, prompt=DEFAULT_PROMPT, num_inference_steps=2, guidance_scale=GUIDANCE_SCALE,
+                    generator=torch.Generator().manual_seed(0), **call_kwargs(pipe, NANO_RESOLUTION, NANO_RESOLUTION)
+                    ).images[0]
+    assert from_card.shape == (NANO_RESOLUTION, NANO_RESOLUTION, 3)
+    assert np.abs(from_card.astype(int) - np.asarray(expected).astype(int)).max() <= 1
+
+    # Its LoRA line, uncommented, loads a LoRA saved by the course's code and changes the output.
+    lora_line = next(line for line in snippet.splitlines() if "load_lora_weights" in line)
+    with_lora = snippet.replace(lora_line, f"pipe.load_lora_weights({str(lora_dir)!r})")
+    exec(compile(with_lora, "README.md", "exec"), {})
+    assert np.abs(np.asarray(Image.open("result.png")).astype(int) - from_card.astype(int)).max() > 2
 
 
 def test_vae_round_trip_on_unseen_photos(figures):

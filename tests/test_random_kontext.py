@@ -10,8 +10,6 @@ is only built on the meta device here (its 16.8 B parameters would take 67 GB in
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from PIL import Image

@@ -1,6 +1,7 @@
 """`python -m kontext_lora_helpers.nano {export,train,info}` (also `kontext-lora nano ...`).
 
     export DIR             write nano as a standard diffusers folder (FluxKontextPipeline.from_pretrained(DIR))
+                           with a model card, DIR/README.md, that gives the call nano needs
     train vae|editor|all   rebuild the shipped weights on a GPU or the CPU (resumable; see the README for times)
     info                   parameter counts and the files the weights come from
     check-lora DIR         the quality check of a restoration LoRA trained on nano, in plain diffusers
@@ -82,16 +83,28 @@ def _check_lora(args) -> int:
 
 
 def _export(args) -> int:
-    from .model import build_nano_pipeline
+    from ..fileio import write_text_atomically
+    from .model import MODEL_CARD_NAME, build_nano_pipeline, model_card_text
 
     out = args.output_dir
     if out.exists() and not out.is_dir():
         sys.exit(f"error: {out} is a file; pass a folder path for the nano pipeline.")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         sys.exit(f"error: {out} is not empty; choose a new folder or pass --overwrite.")
+    from transformers.utils import logging as transformers_logging
+
     pipe = build_nano_pipeline()
-    pipe.save_pretrained(out, safe_serialization=True)
-    print(f"Wrote nano FluxKontextPipeline to {out} (load with FluxKontextPipeline.from_pretrained).")
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a bar per text encoder for a few MB
+    try:
+        pipe.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+    # The card travels with the folder: diffusers' defaults (1024 px, 512 tokens) silently give poor output.
+    card = write_text_atomically(out / MODEL_CARD_NAME, model_card_text(str(out)))
+    print(f"Wrote nano FluxKontextPipeline to {out} (load with FluxKontextPipeline.from_pretrained); "
+          f"{card} gives the call nano needs.")
     return 0
 
 

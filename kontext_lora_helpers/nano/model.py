@@ -24,7 +24,9 @@ transformer learned to read their outputs, which is all a conditioning path need
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -239,3 +241,110 @@ def build_nano_pipeline(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bo
     returns these arguments for any pipeline.
     """
     return FluxKontextPipeline(**load_nano_components(weights_dir, allow_missing=allow_missing))
+
+
+MODEL_CARD_NAME = "README.md"
+"""The model card `nano export` writes next to the pipeline files (what the Hub shows for a folder)."""
+
+
+def model_card_text(pipeline_dir: str = "path/to/nano") -> str:
+    """The model card of an exported nano folder: what nano is and the exact call it needs.
+
+    Plain diffusers defaults (a 1024x1024 working area, prompts padded to 512 T5 tokens) run nano
+    far outside what it was trained on and give poor images without any warning, so the card
+    spells out every argument. Every number comes from the code's constants (`NANO_RESOLUTION`,
+    `NANO_MAX_SEQUENCE_LENGTH`, `models.GUIDANCE_SCALE`, the configs above), so the card cannot
+    drift from the weights.
+
+    Args:
+        pipeline_dir: the folder as the reader should pass it to ``from_pretrained`` (``nano export``
+            gives the path it was called with).
+
+    Returns:
+        Markdown text with one runnable Python block (Pillow, torch and diffusers only).
+    """
+    from ..inference import default_num_inference_steps
+    from ..models import GUIDANCE_SCALE, REAL_MODEL_ID
+    from ..prompts import DEFAULT_INSTANCE_PROMPT
+    from .edits import EDITS
+    from .tokenizers import NANO_MAX_SEQUENCE_LENGTH
+
+    side = NANO_RESOLUTION
+    steps = default_num_inference_steps(FluxKontextPipeline)
+    # what diffusers does when not told otherwise, read from the installed pipeline's signature
+    defaults = inspect.signature(FluxKontextPipeline.__call__).parameters
+    default_side = math.isqrt(defaults["max_area"].default)
+    default_tokens = defaults["max_sequence_length"].default
+    vae_factor = 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1)
+    heads, head_dim = TRANSFORMER_CONFIG["num_attention_heads"], TRANSFORMER_CONFIG["attention_head_dim"]
+    tokens = (side // vae_factor // 2) ** 2  # 2x2 latent patches per token
+    edits = ", ".join(EDITS)
+    return f"""---
+library_name: diffusers
+pipeline_tag: image-to-image
+tags: [flux, flux-kontext, teaching, tiny]
+---
+
+# Nano Kontext
+
+A tiny stand-in for [{REAL_MODEL_ID}](https://huggingface.co/{REAL_MODEL_ID}) made for teaching
+(the `kontext_lora_helpers` course on restoration LoRAs). Every component is the class
+`FluxKontextPipeline` uses for the real model, at a size a laptop CPU can train and run:
+
+- transformer: `FluxTransformer2DModel` with {TRANSFORMER_CONFIG["num_layers"]} double-stream and
+  {TRANSFORMER_CONFIG["num_single_layers"]} single-stream blocks, {heads} heads of {head_dim}, guidance embedding;
+- VAE: `AutoencoderKL`, {vae_factor}x down, {VAE_CONFIG["latent_channels"]} latent channels, so a
+  {side}x{side} image is {tokens} tokens (plus {tokens} for the image being edited);
+- text encoders: small CLIP and T5 encoders with tokenizers built from code; their weights are
+  random (seeded) and frozen: the transformer learned to read them.
+
+All weights started from random initialisation and were trained on CPU by
+`python -m kontext_lora_helpers.nano train all`: the VAE to reconstruct photos, the transformer as
+a small editor that follows {len(EDITS)} prompted edits ({edits}) and returns its input for any other
+instruction. Nano does **not** restore photos by itself, and it is no general image model: it
+exists so that the course's code path (the real classes, latents, LoRA training and loading) runs
+in minutes on a CPU.
+
+## Use it: the arguments nano needs
+
+Nano works at **{side}x{side} pixels** and reads at most **{NANO_MAX_SEQUENCE_LENGTH} T5 tokens**.
+Called with diffusers' defaults it works at a {default_side}x{default_side} area with prompts padded
+to {default_tokens} tokens, and the output is poor with no warning. Pass every argument below:
+
+```python
+import torch
+from diffusers import FluxKontextPipeline
+from PIL import Image, ImageOps
+
+pipe = FluxKontextPipeline.from_pretrained({json.dumps(str(pipeline_dir))})
+# pipe.load_lora_weights("path/to/lora")  # a LoRA trained by the course: its --output_dir
+
+photo = ImageOps.fit(Image.open("photo.png").convert("RGB"), ({side}, {side}))  # centre crop to {side}x{side}
+result = pipe(
+    image=photo,
+    prompt={json.dumps(DEFAULT_INSTANCE_PROMPT)},
+    height={side}, width={side},
+    max_area={side} * {side}, _auto_resize=False,
+    max_sequence_length={NANO_MAX_SEQUENCE_LENGTH},
+    guidance_scale={GUIDANCE_SCALE},
+    num_inference_steps={steps},
+    generator=torch.Generator().manual_seed(0),
+).images[0]
+result.save("result.png")
+```
+
+- `height`, `width`, `max_area`, `_auto_resize=False`: work at exactly {side}x{side}; otherwise the
+  pipeline rescales to a {default_side}x{default_side} area and snaps the input to one of Kontext's preferred sizes.
+- `max_sequence_length={NANO_MAX_SEQUENCE_LENGTH}`: nano's T5 was trained on {NANO_MAX_SEQUENCE_LENGTH} tokens
+  (its `tokenizer_2.model_max_length`); the default {default_tokens} feeds it padding it never saw.
+- `guidance_scale={GUIDANCE_SCALE}`: FLUX.1 Kontext-dev's distilled guidance, the value the course trains
+  and restores with. `num_inference_steps={steps}` is the pipeline's default.
+
+## With a restoration LoRA trained by the course
+
+Without a LoRA the prompt above returns the photo about as it was (nano never learned to restore). The
+course's training command (`python -m kontext_lora_helpers.train --pretrained_model_name_or_path nano
+... --output_dir DIR`) writes a LoRA that `pipe.load_lora_weights(DIR)` loads (uncomment that line);
+the same call then restores {side}x{side} photos degraded the way the LoRA was trained on.
+"""
+
