@@ -63,8 +63,6 @@ from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-if MODEL == "nano":
-    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
 RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, VAE slicing for the card found
 pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
 RESOLUTION = RUN.resolution or native_resolution(pipe)  # 64 for nano, 512 for the real model

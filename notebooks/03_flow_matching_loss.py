@@ -59,8 +59,6 @@ from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-if MODEL == "nano":
-    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
 RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, checkpointing for the card found
 pipe = load_pipeline(MODEL, **RUN.pipeline_kwargs())
 RESOLUTION = RUN.resolution or native_resolution(pipe)  # 512 px keeps a 12 B backward affordable

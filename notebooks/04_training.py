@@ -75,8 +75,6 @@ from kontext_lora_helpers.viz_training import (
 )
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-if MODEL == "nano":
-    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
 OUTPUT_DIR = Path("outputs/04-restoration-lora")
 
 # %% [markdown]

@@ -88,8 +88,6 @@ MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
 LORA_DIR = Path("outputs/04-restoration-lora")  # where notebook 04 saves the LoRA
 OUTPUT_DIR = Path("outputs/05-restoration")
 SEED = 0  # every restoration below starts from the same noise, so only the model differs
-if MODEL == "nano":
-    torch.set_num_threads(1)  # nano's matrices are too small to gain from threads; extra ones only wait
 # 72 dpi keeps the stored notebook small; raise it for sharper figures on a high-density screen.
 matplotlib.rcParams["figure.dpi"] = 72
 

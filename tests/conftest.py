@@ -6,9 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# nbval executes every notebook: their nano training runs take 30 steps here instead of the course's
+# nbval executes every notebook: their nano training runs take 10 steps here instead of the course's
 # (the stored notebooks and the README's times are full runs; see gpu_settings.NOTEBOOK_STEPS_VARIABLE)
-os.environ.setdefault("KONTEXT_LORA_NOTEBOOK_STEPS", "30")
+os.environ.setdefault("KONTEXT_LORA_NOTEBOOK_STEPS", "10")
 
 from pathlib import Path  # noqa: E402
 
@@ -22,19 +22,6 @@ DATA_SAMPLES = REPO_ROOT / "data_samples"
 def data_samples() -> Path:
     """The shipped training photos (``data_samples/``, held-out ones in ``held_out/``)."""
     return DATA_SAMPLES
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Nano-sized ops run fastest on one thread, and far faster than with threads fighting a busy CPU.
-
-    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; restores the count after."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

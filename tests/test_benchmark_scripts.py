@@ -17,7 +17,6 @@ import pytest
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent / "benchmarks"
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

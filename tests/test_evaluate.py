@@ -16,7 +16,6 @@ from PIL import Image
 from kontext_lora_helpers import evaluate
 from kontext_lora_helpers.evaluate import EvaluationError, evaluate_folders, format_table, main, write_reports
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # A constant offset of d levels on every pixel and channel gives MSE d^2 exactly:
 #   PSNR = 10 log10(255^2 / d^2);  on luma the offset is d * 219 / 255 (BT.601 weights sum to 219/255).

@@ -17,7 +17,6 @@ from kontext_lora_helpers import export, objective
 from kontext_lora_helpers import lora as lora_ops
 from kontext_lora_helpers.models import call_kwargs, load_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RANK = 4
 ALPHA = 8  # scale alpha / rank = 2: a wrong alpha anywhere changes the numbers

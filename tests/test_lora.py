@@ -12,7 +12,6 @@ from kontext_lora_helpers.nano import build_nano_pipeline
 RANK = 4
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fresh_transformer():

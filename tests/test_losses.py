@@ -13,7 +13,6 @@ from kontext_lora_helpers import losses
 from kontext_lora_helpers.nano import build_nano_pipeline
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

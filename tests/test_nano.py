@@ -22,7 +22,6 @@ from kontext_lora_helpers.nano.pool import default_image_paths, held_out_batch, 
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT as DEFAULT_PROMPT
 
 PROMPT = "Restore this degraded photograph to high fidelity — remove noise"
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

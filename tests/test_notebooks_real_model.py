@@ -43,7 +43,7 @@ def run_with_model(name: str, model: str, monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("name", ["02_pairs_and_latents", "03_flow_matching_loss"])
-def test_notebook_runs_with_the_real_width_model(name, monkeypatch, one_torch_thread):
+def test_notebook_runs_with_the_real_width_model(name, monkeypatch):
     namespace = run_with_model(name, "random-kontext-shallow", monkeypatch)
     run, pipe = namespace["RUN"], namespace["pipe"]
     assert run.card == "CPU" and run.resolution == 64 and run.batch_size == 1

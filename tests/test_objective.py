@@ -28,7 +28,6 @@ TARGET_TOKENS = (LATENT_SIDE // 2) ** 2  # 2x2 latent patches per token
 GUIDANCE = 3.5
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from PIL import Image
 from kontext_lora_helpers import inference, lora, random_kontext, restore
 from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, model_source, native_resolution
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "private_cache")
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 SHALLOW = random_kontext.RANDOM_KONTEXT_SHALLOW
 

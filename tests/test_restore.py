@@ -16,7 +16,6 @@ from kontext_lora_helpers.lora import LoraFileError
 from kontext_lora_helpers.models import GUIDANCE_SCALE, call_kwargs, load_pipeline
 from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 3  # enough to exercise the scheduler; the figures below do not need a good restoration
 SEED = 5

@@ -24,7 +24,6 @@ from kontext_lora_helpers.viz_restoration import (
     wipe,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 2  # the sweep's bookkeeping is under test, not the quality of a restoration
 RED, BLUE = (200, 30, 30), (30, 30, 200)
