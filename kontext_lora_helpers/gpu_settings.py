@@ -183,8 +183,8 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-NOTEBOOK_NANO_STEPS = 150
-"""Steps of notebook 04's nano run: the recipe's settings in about 1.5 minutes on 2 CPU cores, so
+NOTEBOOK_NANO_STEPS = 120
+"""Steps of notebook 04's nano run: the recipe's settings in about 1.7 minutes on 2 CPU cores, so
 the course stays quick to run; the README's command trains the recipe's full 500 steps."""
 
 NOTEBOOK_STEPS_VARIABLE = "KONTEXT_LORA_NOTEBOOK_STEPS"

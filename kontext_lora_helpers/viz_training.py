@@ -73,14 +73,11 @@ def recipe_measurements_figure(measurements):
             alternative and gain_db (low, high) in dB; a range is drawn as an error bar.
 
     Returns:
-        a `matplotlib.figure.Figure` on the Agg canvas.
+        the pyplot ``Figure`` (shown by a notebook cell that ends with it).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
-    figure = Figure(figsize=(7, 0.55 * len(measurements) + 1.0), dpi=100)
-    FigureCanvasAgg(figure)
-    axis = figure.add_subplot(1, 1, 1)
+    figure, axis = plt.subplots(figsize=(7, 0.55 * len(measurements) + 1.0))
     labels = [f"{m.setting} {m.chosen}\n(instead of {m.alternative})" for m in measurements]
     middles = [(m.gain_db[0] + m.gain_db[1]) / 2 for m in measurements]
     spreads = [(m.gain_db[1] - m.gain_db[0]) / 2 for m in measurements]
@@ -104,6 +101,14 @@ def figure_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def show_figure(figure) -> None:
+    """Display a figure made on the Agg canvas (not through pyplot), such as `loss_curve_figure`,
+    as a PNG in the notebook; pyplot's figures display by themselves."""
+    from IPython.display import Image, display
+
+    display(Image(figure_png(figure)))
 
 
 class LiveTrainingPlot:

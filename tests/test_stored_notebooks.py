@@ -70,3 +70,36 @@ def test_nbval_markers_are_cell_tags_not_code(path):
 ])
 def test_machine_path_pattern(text, found):
     assert MACHINE_PATH.findall(text) == found
+
+
+def test_regenerate_tidies_widgets_and_compresses_photos():
+    import base64
+    import importlib.util
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("regenerate", NOTEBOOKS.parent / "tools" / "regenerate_notebooks.py")
+    regenerate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regenerate)
+
+    def png(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    noisy_photo = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)  # ~270 KB as PNG
+    chart = np.full((100, 200, 3), 255, dtype=np.uint8)
+    notebook = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})
+    notebook.cells.append(nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data={WIDGET_MIME: {"model_id": "1"}, "text/plain": "VBox('/work/x')"}),
+        nbformat.v4.new_output("display_data", data={"image/png": png(noisy_photo), "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": png(chart), "image/jpeg": "...", "text/plain": "<PIL>"}),
+    ]))
+    regenerate.tidy_outputs(notebook)
+    widget, photo, small = (output["data"] for output in notebook.cells[0].outputs)
+    assert "widgets" not in notebook.metadata and list(widget) == ["text/plain"] and not machine_paths_in(notebook)
+    assert "image/png" not in photo and len(base64.b64decode(photo["image/jpeg"])) < len(base64.b64decode(png(noisy_photo)))
+    assert list(small) == ["image/png", "text/plain"]  # a small chart stays one sharp PNG
+    assert image_output_count(notebook) == 2
