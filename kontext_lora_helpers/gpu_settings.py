@@ -19,8 +19,12 @@ What makes a card fit:
   weights (0.5625 bytes a parameter, as `models.load_pipeline` configures bitsandbytes): 23.8 GB of
   bf16 weights become about 6.7 GB (`weight_memory_gb("transformer", "nf4")`). The LoRA stays
   float32.
-* Cached prompt embeddings: the training loop encodes each distinct prompt once and then frees the
-  text encoders, so T5-XXL (9.5 GB in bf16) is never resident during the steps.
+* Cached prompt embeddings, before the transformer loads: the trainer loads CLIP and T5-XXL alone,
+  encodes every prompt it knows (the instance prompt and the validation prompts), frees them
+  (``prompt_mode="plain"``; described/numeric prompts keep them on the CPU for new phrasings) and
+  only then loads the transformer and the VAE (`train.loop.load_pipeline_and_prompt_cache`). So
+  T5-XXL (9.5 GB in bf16/fp16) never shares the GPU with the transformer, not even while loading:
+  on a T4 the 6.7 GB NF4 transformer and T5 come one after the other, not 16.5 GB at once.
 * ``gradient_checkpointing=True`` keeps one activation per block instead of every intermediate.
 * ``use_8bit_adam=True`` halves and quarters the optimizer state; it is small for a LoRA either way.
 * The T4 (compute capability 7.5) has no native bf16: it computes in fp16 (`models.choose_device_and_dtype`

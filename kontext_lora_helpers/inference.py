@@ -163,7 +163,7 @@ def restore_batch(
         guidance_scale: FLUX's distilled guidance (`models.GUIDANCE_SCALE`, 3.5).
         seed: seeds each image's own noise generator.
         prompt_embeddings: an `objective.PromptEmbeddings` for the batch, used instead of
-            `prompt` (the trainer's cache: its text encoders may be gone).
+            `prompt` (the trainer's cache: its pipeline has no text encoders).
         at_native_area: run at the working size of about the model's native area (`working_size`);
             False runs at the images' own size, whose sides must then be multiples of
             `latents.pixel_multiple` (the trainer validates at its training resolution).

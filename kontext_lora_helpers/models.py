@@ -18,6 +18,10 @@ Memory options for the 12 B transformer on 16-24 GB cards:
 - ``vae_slicing`` / ``vae_tiling``: decode a batch image by image / a large image tile by tile.
 - ``text_encoder_offload``: keep CLIP and T5 (9.5 GB in bf16) on the CPU and move each to the GPU only
   while it runs (`enable_model_cpu_offload`).
+- One side at a time: `load_text_encoders` loads only CLIP and T5 (with their tokenizers), and
+  ``load_pipeline(..., text_encoders=False)`` everything but them. The trainer encodes its prompts
+  with the first, frees it (or parks it on the CPU), then loads the second
+  (`train.loop.load_pipeline_and_prompt_cache`).
 """
 
 from __future__ import annotations
@@ -188,6 +192,13 @@ def _quantize_config(quantize: str | None, device: torch.device, compute_dtype: 
         return QuantoConfig(weights_dtype="int8")
 
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+"""CLIP-L and T5-XXL, the prompt's encoders: `load_text_encoders` loads only them,
+``load_pipeline(text_encoders=False)`` everything else."""
+DENOISER = ("transformer", "vae")
+"""The models that turn the prompt's embeddings and the control image into an image."""
+
+
 def load_pipeline(
     name_or_path: str = "nano",
     device: str | torch.device | None = None,
@@ -198,6 +209,7 @@ def load_pipeline(
     text_encoder_offload: bool = False,
     local_files_only: bool | None = None,
     progress_bar: bool = False,
+    text_encoders: bool = True,
 ):
     """Load a `FluxKontextPipeline` ready to run.
 
@@ -211,23 +223,56 @@ def load_pipeline(
         vae_slicing, vae_tiling, text_encoder_offload: memory options (module docstring).
         local_files_only: never reach the hub; defaults to True when HF_HUB_OFFLINE is set.
         progress_bar: show the denoising progress bar on each call.
+        text_encoders: False leaves CLIP and T5 out (``pipe.text_encoder`` and ``text_encoder_2``
+            are None; the tokenizers stay): the pipeline then runs on prompt embeddings computed
+            beforehand, e.g. with `load_text_encoders` (what the trainer does).
 
     Raises:
         ModelLoadError: unknown name, not a pipeline folder, missing credentials for a gated model,
             weights not available offline, NF4 requested without CUDA.
     """
+    parts = DENOISER + (TEXT_ENCODERS if text_encoders else ())
+    return _load_parts(name_or_path, parts, device, dtype, quantize, vae_slicing, vae_tiling,
+                       text_encoder_offload, local_files_only, progress_bar)
+
+
+def load_text_encoders(
+    name_or_path: str = "nano",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    local_files_only: bool | None = None,
+):
+    """Only the text side of a pipeline: CLIP and T5 with their tokenizers, on `device`, frozen.
+
+    Loaded from the same source and in the same precision as `load_pipeline` would load them, so
+    their embeddings are the full pipeline's (one exception: nano in half precision with a
+    quantized transformer, where `load_pipeline` leaves them float32). Used to encode prompts
+    before the transformer is loaded: T5-XXL (9.5 GB in bf16/fp16) and the transformer then never
+    share the GPU.
+
+    Returns:
+        a `FluxKontextPipeline` whose transformer and vae are None: enough for ``encode_prompt``,
+        `objective.PromptEmbeddingCache` and `max_sequence_length_for`, not for generating.
+    """
+    return _load_parts(name_or_path, TEXT_ENCODERS, device, dtype, local_files_only=local_files_only)
+
+
+def _load_parts(name_or_path, parts, device=None, dtype=None, quantize=None, vae_slicing=False, vae_tiling=False,
+                text_encoder_offload=False, local_files_only=None, progress_bar=False):
+    """`load_pipeline` for the models named in `parts` (of `TEXT_ENCODERS` + `DENOISER`); the
+    others are None. Every source goes through here, whichever parts are asked for."""
     from diffusers import FluxTransformer2DModel
 
     source = model_source(name_or_path)
     choice = choose_device_and_dtype(device, dtype)
-    quant_config = _quantize_config(quantize, choice.device, choice.dtype)
+    quant_config = _quantize_config(quantize, choice.device, choice.dtype) if "transformer" in parts else None
     if local_files_only is None:
         local_files_only = hub_offline()
 
     if source == "nano":
         from .nano import build_nano_pipeline
 
-        pipe = build_nano_pipeline()
+        pipe = build_nano_pipeline(parts=parts)
         if quant_config is not None:
             # Same code path as the real model: a transformer folder loaded with a quantization config.
             with tempfile.TemporaryDirectory() as folder, _quiet_diffusers():
@@ -241,8 +286,9 @@ def load_pipeline(
         # Text encoders that will be offloaded are created on the CPU: a T4 cannot hold T5-XXL and the
         # transformer at once.
         text_device = torch.device("cpu") if text_encoder_offload else choice.device
+        random_parts = [part for part in parts if not (part == "transformer" and quant_config is not None)]
         components = build_random_kontext_components(name_or_path, choice.device, choice.dtype,
-                                                     text_device=text_device, transformer=quant_config is None)
+                                                     text_device=text_device, parts=random_parts)
         if quant_config is not None:
             # The real checkpoint's path: a transformer folder loaded with a quantization config.
             with _quiet_diffusers():
@@ -254,21 +300,24 @@ def load_pipeline(
 
         pipe = FluxKontextPipeline(**components)
     else:
-        pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only)
+        pipe = _from_pretrained(str(name_or_path), choice.dtype, quant_config, local_files_only, parts)
 
+    loaded = [getattr(pipe, name) for name in (*DENOISER, *TEXT_ENCODERS) if getattr(pipe, name) is not None]
     # Frozen: a pipeline loaded from a folder has trainable weights, and the first loss computed
     # through a 12 B transformer would keep a graph over all of them. `lora.add_lora` makes the
     # adapter (only) trainable.
-    for component in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        if component is not None:
-            component.requires_grad_(False)
-    if quant_config is None and pipe.transformer.dtype != choice.dtype:
+    for component in loaded:
+        component.requires_grad_(False)
+    # nano is built in float32 and cast here as a whole; that would cast a quantized transformer
+    # too, so with one the rest of nano stays float32.
+    if quant_config is None and loaded[0].dtype != choice.dtype:
         pipe.to(dtype=choice.dtype)
     if text_encoder_offload and choice.device.type == "cuda":
         pipe.enable_model_cpu_offload(device=choice.device)
     elif quant_config is not None and quantize == "nf4":
-        for name in ("vae", "text_encoder", "text_encoder_2"):  # bnb modules are placed already
-            getattr(pipe, name).to(choice.device)
+        for name in ("vae", *TEXT_ENCODERS):  # bnb modules are placed already
+            if getattr(pipe, name) is not None:
+                getattr(pipe, name).to(choice.device)
     else:
         pipe.to(choice.device)
     if vae_slicing:
@@ -308,17 +357,21 @@ def _quiet_diffusers():
         diffusers_logging.set_verbosity(previous)
 
 
-def _from_pretrained(name_or_path: str, dtype, quant_config, local_files_only: bool):
+def _from_pretrained(name_or_path: str, dtype, quant_config, local_files_only: bool,
+                     parts=DENOISER + TEXT_ENCODERS):
     from diffusers import FluxKontextPipeline, FluxTransformer2DModel
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     kwargs = {_DTYPE_ARGUMENT: dtype, "local_files_only": local_files_only}
+    # Components passed in: None for a part left out (diffusers then neither downloads nor loads
+    # it), the quantized transformer.
+    given = {name: None for name in (*DENOISER, *TEXT_ENCODERS) if name not in parts}
     try:
         if quant_config is not None:
-            kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(
+            given["transformer"] = FluxTransformer2DModel.from_pretrained(
                 name_or_path, subfolder="transformer", quantization_config=quant_config, **kwargs
             )
-        return FluxKontextPipeline.from_pretrained(name_or_path, **kwargs)
+        return FluxKontextPipeline.from_pretrained(name_or_path, **kwargs, **given)
     except GatedRepoError as error:
         raise ModelLoadError(
             f"{name_or_path} is a gated model. Accept its licence at https://huggingface.co/{name_or_path} "

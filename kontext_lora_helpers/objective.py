@@ -415,7 +415,8 @@ class PromptEmbeddingCache:
     """Prompt embeddings computed once per distinct prompt string (never per step, never by index).
 
     Args:
-        pipe: a `FluxKontextPipeline` whose text encoders are loaded.
+        pipe: a `FluxKontextPipeline` whose text encoders are loaded (the whole pipeline, or only
+            its text side: `models.load_text_encoders`).
         max_sequence_length: T5 tokens (512 for FLUX-dev, 32 for nano); must match inference.
     """
 

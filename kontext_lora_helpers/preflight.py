@@ -4,9 +4,10 @@ Give it the training command's flags; it builds the random-weight twin of the na
 machine (`random_kontext`: ``random-kontext`` for FLUX.1-Kontext-dev or any other FLUX.1 Kontext
 folder or hub id, a ``random-kontext*`` name as given, nano as nano), runs a few real optimizer
 steps and one validation restoration with exactly the settings given (precision, quantized base,
-8-bit Adam, gradient checkpointing, resolution, batch and accumulation, perceptual term), and
-prints the peak memory, the seconds per step, the estimated time of the whole run, and whether it
-fits this card::
+8-bit Adam, gradient checkpointing, resolution, batch and accumulation, perceptual term) through
+the trainer's own `train`, so in its loading order too (text encoders alone, prompts cached,
+encoders freed, then transformer and VAE: `train.loading_order`), and prints the peak memory, the
+seconds per step, the estimated time of the whole run, and whether it fits this card::
 
     python -m kontext_lora_helpers.preflight --pretrained_model_name_or_path black-forest-labs/FLUX.1-Kontext-dev \\
         --hr_root photos --mixed_precision fp16 --quantize nf4 --use_8bit_adam --gradient_checkpointing \\
@@ -36,7 +37,16 @@ from .cli import fail, positive_int
 from .fileio import write_json_atomically
 from .models import ModelLoadError, is_nano
 from .random_kontext import RANDOM_KONTEXT, is_random_kontext
-from .train import ConfigError, TrainConfig, TrainingDiverged, build_parser, check_config, parse_args, train
+from .train import (
+    ConfigError,
+    TrainConfig,
+    TrainingDiverged,
+    build_parser,
+    check_config,
+    loading_order,
+    parse_args,
+    train,
+)
 
 __all__ = ["PreflightReport", "format_report", "main", "preflight", "twin_of"]
 
@@ -72,6 +82,8 @@ class PreflightReport:
     peak_memory_kind: str
     device_memory_gb: float | None
     fits: bool | None
+    loading_order: str
+    """The order the trial loaded the models in (`train.loading_order`): the peak depends on it."""
 
 
 def _device_name(device: torch.device) -> tuple[str, float | None]:
@@ -180,6 +192,7 @@ def preflight(config: TrainConfig, steps: int = 3, memory_gb: float | None = Non
         planned_steps=planned.max_train_steps, planned_validations=validations, estimated_run_seconds=estimate,
         peak_memory_gb=peak, peak_memory_kind=kind, device_memory_gb=total_gb,
         fits=None if total_gb is None else peak < FITS_FRACTION * total_gb,
+        loading_order=loading_order(trial),
     )
 
 
@@ -197,6 +210,7 @@ def format_report(report: PreflightReport) -> str:
         f"model     {report.model} (measured on its twin {report.twin})",
         f"device    {report.device}" + (f", {report.device_memory_gb:.1f} GB" if report.device_memory_gb else ""),
         f"settings  {report.settings}",
+        f"loading   {report.loading_order}",
         f"memory    peak {report.peak_memory_gb:.1f} GB ({report.peak_memory_kind})"
         + ("" if report.fits is None else
            f": {'fits' if report.fits else 'does NOT fit'} this card "

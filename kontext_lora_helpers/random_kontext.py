@@ -28,7 +28,6 @@ The folder is reused by later runs (23.8 GB in bf16 for ``random-kontext``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "PARTS",
     "RANDOM_KONTEXT",
     "RANDOM_KONTEXT_SHALLOW",
     "TRANSFORMER_CONFIG",
@@ -134,17 +134,23 @@ def transformer_config(name: str) -> dict:
     return {**TRANSFORMER_CONFIG, **depths}
 
 
-@contextlib.contextmanager
-def _created_on(device: torch.device, dtype: torch.dtype, generator: torch.Generator):
-    """Modules built in this block get their parameters created on `device` in `dtype`, filled by
-    `_initialise` (no float32 copy on the CPU first, and none of the libraries' slower inits)."""
+def _create(build, device: torch.device, dtype: torch.dtype, generator: torch.Generator, keep: bool = True):
+    """``build()``'s module with its parameters created on `device` in `dtype`, filled by
+    `_initialise` (no float32 copy on the CPU first, and none of the libraries' slower inits).
+
+    ``keep=False`` builds it on the meta device only, draws the random numbers its weights would
+    have taken from `generator`, and returns None: the parts built after it get the same weights
+    as when it is built.
+    """
     from accelerate import init_empty_weights
 
-    built: list[torch.nn.Module] = []
     with init_empty_weights(include_buffers=False):
-        yield built
-    for module in built:
-        _materialise(module, device, dtype, generator)
+        module = build()
+    if not keep:
+        _initialise(module, generator, fill=False)
+        return None
+    _materialise(module, device, dtype, generator)
+    return module
 
 
 _POOL_SIZE = 1_000_003
@@ -154,10 +160,12 @@ prime, so no two rows of a weight start at the same place in it."""
 
 
 @torch.no_grad()
-def _initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
+def _initialise(module: torch.nn.Module, generator: torch.Generator, fill: bool = True) -> None:
     """Random weights in +-1/sqrt(fan_in) (PyTorch's default range), biases 0, norm scales 1.
 
-    Each weight reads the pool from its own random starting point, so no two weights are equal."""
+    Each weight reads the pool from its own random starting point, so no two weights are equal.
+    ``fill=False`` draws the same random numbers and writes nothing (a part left out, see `_create`).
+    """
     pool = None
     for name, parameter in module.named_parameters():
         if parameter.ndim >= 2:
@@ -166,10 +174,14 @@ def _initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
                 pool = torch.cat([pool, pool]).to(parameter.device)  # a window may wrap around the end
             bound = 1.0 / math.sqrt(math.prod(parameter.shape[1:]))
             offset = int(torch.randint(0, _POOL_SIZE, (1,), generator=generator))
+            if not fill:
+                continue
             flat = parameter.view(-1)
             for start in range(0, flat.numel(), _POOL_SIZE):
                 chunk = flat[start:start + _POOL_SIZE]
                 chunk.copy_(pool[offset:offset + chunk.numel()] * bound)
+        elif not fill:
+            continue
         elif name.endswith("bias"):
             parameter.zero_()
         else:
@@ -200,10 +212,14 @@ def _materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dty
         module.tie_weights()
 
 
+PARTS = ("text_encoder", "text_encoder_2", "vae", "transformer")
+"""The pipeline's models, in the order their random weights are drawn."""
+
+
 def build_random_kontext_components(name: str, device: str | torch.device = "cpu",
                                     dtype: torch.dtype = torch.float32, seed: int = 0,
                                     text_device: str | torch.device | None = None,
-                                    transformer: bool = True) -> dict:
+                                    parts=PARTS) -> dict:
     """The seven `FluxKontextPipeline` components of a random-weight twin, eval mode, frozen.
 
     Args:
@@ -212,7 +228,10 @@ def build_random_kontext_components(name: str, device: str | torch.device = "cpu
         seed: seeds the random initialisation.
         text_device: where the text encoders are created (default `device`; the CPU when they
             will be offloaded).
-        transformer: False leaves the transformer out (None), for loading it quantized instead.
+        parts: which of `PARTS` to create; the others are None (the transformer left out to be
+            loaded quantized instead, the text encoders left out once the prompts are cached).
+            A model's weights do not depend on which others are created: a part left out still
+            draws its random numbers (`_create`).
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -221,6 +240,8 @@ def build_random_kontext_components(name: str, device: str | torch.device = "cpu
     from .nano.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
     name = _checked_name(name)
+    if not set(parts) <= set(PARTS):
+        raise ValueError(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {', '.join(PARTS)}")
     depths = SHALLOW_DEPTHS if name == RANDOM_KONTEXT_SHALLOW else {}
     device = torch.device(device)
     text_device = device if text_device is None else torch.device(text_device)
@@ -230,19 +251,20 @@ def build_random_kontext_components(name: str, device: str | torch.device = "cpu
                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.eos_token_id)
     t5_config = T5Config(**{**T5_CONFIG, **depths.get("text_encoder_2", {})}, pad_token_id=0, eos_token_id=1)
+    builders = {
+        "text_encoder": (lambda: CLIPTextModel(clip_config), text_device),
+        "text_encoder_2": (lambda: T5EncoderModel(t5_config), text_device),
+        "vae": (lambda: AutoencoderKL(**VAE_CONFIG), device),
+        "transformer": (lambda: FluxTransformer2DModel(**transformer_config(name)), device),
+    }
     generator = torch.Generator().manual_seed(seed)
-    components = {}
-    with _created_on(text_device, dtype, generator) as built:
-        components["text_encoder"] = CLIPTextModel(clip_config)
-        components["text_encoder_2"] = T5EncoderModel(t5_config)
-        built += [components["text_encoder"], components["text_encoder_2"]]
-    with _created_on(device, dtype, generator) as built:
-        components["vae"] = AutoencoderKL(**VAE_CONFIG)
-        components["transformer"] = FluxTransformer2DModel(**transformer_config(name)) if transformer else None
-        built += [module for module in (components["vae"], components["transformer"]) if module is not None]
-    for module in components.values():
-        if module is not None:
-            module.eval().requires_grad_(False)
+    # One generator, in the order of PARTS: a part left out draws its numbers when a later one is built.
+    drawn = PARTS[:max((PARTS.index(part) + 1 for part in parts), default=0)]
+    components = dict.fromkeys(PARTS)
+    for part in drawn:
+        build, where = builders[part]
+        module = _create(build, where, dtype, generator, keep=part in parts)
+        components[part] = None if module is None else module.eval().requires_grad_(False)
     return dict(components, scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2)
 

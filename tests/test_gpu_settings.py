@@ -13,9 +13,9 @@ from kontext_lora_helpers.train import TrainConfig, command_line, parse_args
 
 
 def test_weight_memory_is_parameters_times_bytes():
-    # 11.9 B parameters: 23.8 GB in bf16, about 6.3 GB in NF4 with its block scales
+    # 11.9 B parameters: 23.8 GB in bf16, about 6.7 GB in NF4 with its float32 scale per 64 weights
     assert gpu_settings.weight_memory_gb("transformer", "bf16") == pytest.approx(23.8)
-    assert gpu_settings.weight_memory_gb("transformer", "nf4") == pytest.approx(6.3, abs=0.05)
+    assert gpu_settings.weight_memory_gb("transformer", "nf4") == pytest.approx(6.69, abs=0.01)
 
 
 @pytest.mark.parametrize("name", list(gpu_settings.GPU_SETTINGS))

@@ -89,3 +89,29 @@ def test_call_kwargs_pin_the_working_size():
     pipe = load_pipeline("nano")
     kwargs = call_kwargs(pipe, 48, 80)
     assert kwargs == dict(height=48, width=80, max_area=48 * 80, _auto_resize=False, max_sequence_length=32)
+
+
+@pytest.mark.parametrize("source", ["nano", "folder"])
+def test_the_text_encoders_and_the_rest_load_apart_as_the_whole_pipeline_has_them(source, tmp_path):
+    """`load_text_encoders` and ``load_pipeline(text_encoders=False)`` split one pipeline in two,
+    for the built-in nano and for a diffusers folder (the path FLUX.1-Kontext-dev takes), with the
+    same weights and the same prompt embeddings as the whole pipeline."""
+    from kontext_lora_helpers.nano import build_nano_pipeline
+
+    name = "nano"
+    if source == "folder":
+        name = tmp_path / "nano"
+        build_nano_pipeline().save_pretrained(name, safe_serialization=True)
+    whole = load_pipeline(name)
+    encoders = models.load_text_encoders(name)
+    rest = load_pipeline(name, text_encoders=False)
+    assert encoders.transformer is None and encoders.vae is None
+    assert rest.text_encoder is None and rest.text_encoder_2 is None and rest.tokenizer_2 is not None
+    for part, loaded in (("text_encoder", encoders), ("text_encoder_2", encoders), ("vae", rest), ("transformer", rest)):
+        expected, actual = getattr(whole, part).state_dict(), getattr(loaded, part).state_dict()
+        assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected), part
+    assert models.max_sequence_length_for(encoders) == models.max_sequence_length_for(rest) == 32
+    prompts = ["Restore this photograph", "Remove the noise"]
+    for expected, actual in zip(whole.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=32),
+                                encoders.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=32)):
+        assert torch.equal(expected, actual)

@@ -77,6 +77,29 @@ def test_the_shallow_twin_keeps_every_width_and_is_a_kontext_pipeline(shallow_pi
     assert shallow_pipe.transformer.dtype == torch.float32 and shallow_pipe.vae.device.type == "cpu"
 
 
+def test_each_model_of_the_twin_is_the_same_whichever_others_are_loaded_with_it(shallow_pipe):
+    """The trainer loads the text encoders alone, then everything but them
+    (`train.load_pipeline_and_prompt_cache`); each model must still be the whole twin's (one random
+    generator serves all four, so a model left out still draws its numbers)."""
+    from kontext_lora_helpers.models import load_text_encoders
+
+    def assert_same_weights(part, loaded):
+        expected, actual = getattr(shallow_pipe, part).state_dict(), getattr(loaded, part).state_dict()
+        assert expected.keys() == actual.keys(), part
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), part
+
+    text_side = load_text_encoders(SHALLOW, device="cpu")
+    assert text_side.transformer is None and text_side.vae is None
+    assert max_sequence_length_for(text_side) == max_sequence_length_for(shallow_pipe) == 64
+    for part in ("text_encoder", "text_encoder_2"):
+        assert_same_weights(part, text_side)
+    del text_side
+    rest = load_pipeline(SHALLOW, device="cpu", text_encoders=False)
+    assert rest.text_encoder is None and rest.text_encoder_2 is None
+    for part in ("vae", "transformer"):
+        assert_same_weights(part, rest)
+
+
 def test_a_lora_at_the_real_width_exports_to_both_layouts_exactly(shallow_pipe, tmp_path):
     transformer = shallow_pipe.transformer
     lora.add_lora(transformer, rank=4)

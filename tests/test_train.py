@@ -327,6 +327,135 @@ def test_precision_memory_and_objective_options_run_on_the_cpu(tmp_path):
     assert all(t.dtype == torch.float32 for t in lora_tensors(tmp_path).values())  # fp32 LoRA over bf16
 
 
+# --- loading order: the prompts before the transformer ------------------------------------------
+
+
+@pytest.fixture
+def loading_events(monkeypatch):
+    """What happens to the models, in order: "<model> created" when its weights exist (a model
+    built on the meta device counts when `random_kontext` fills it in), "<model> freed" when it is
+    garbage, "encoded" for each `encode_prompt` call; <model> is CLIP, T5, VAE or transformer."""
+    import functools
+    import weakref
+
+    from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    from kontext_lora_helpers import random_kontext
+
+    names = {CLIPTextModel: "CLIP", T5EncoderModel: "T5", AutoencoderKL: "VAE", FluxTransformer2DModel: "transformer"}
+    events: list[str] = []
+
+    def created(module) -> None:
+        name = names[type(module)]
+        events.append(f"{name} created")
+        weakref.finalize(module, events.append, f"{name} freed").atexit = False
+
+    def recording_init(original):
+        @functools.wraps(original)  # keeps the signature diffusers' config machinery reads
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if type(self) in names and not any(parameter.is_meta for parameter in self.parameters()):
+                created(self)
+        return init
+
+    for model_class in names:
+        monkeypatch.setattr(model_class, "__init__", recording_init(model_class.__init__))
+    original_materialise = random_kontext._materialise
+
+    def recording_materialise(module, *args, **kwargs):
+        original_materialise(module, *args, **kwargs)
+        created(module)
+
+    monkeypatch.setattr(random_kontext, "_materialise", recording_materialise)
+    original_encode = FluxKontextPipeline.encode_prompt
+
+    def recording_encode(self, *args, **kwargs):
+        events.append("encoded")
+        return original_encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxKontextPipeline, "encode_prompt", recording_encode)
+    return events
+
+
+@pytest.mark.parametrize("model", ["nano", "random-kontext-shallow"])
+def test_prompts_are_cached_and_the_text_encoders_freed_before_the_transformer_is_created(
+        model, loading_events, tmp_path):
+    """On a T4 the NF4 transformer (6.7 GB) and T5 (9.5 GB in fp16) do not fit together: with
+    every prompt known up front, the encoders come, encode and go before the transformer exists."""
+    config = check_config(quick_config(tmp_path, pretrained_model_name_or_path=model,
+                                       mixed_precision="no" if model == "nano" else "bf16"))
+    pipe, cache = train_module.load_pipeline_and_prompt_cache(config, torch.device("cpu"), ["Validate this."])
+    assert loading_events == ["CLIP created", "T5 created", "encoded", "CLIP freed", "T5 freed",
+                              "VAE created", "transformer created"]
+    assert pipe.text_encoder is None and pipe.text_encoder_2 is None
+    assert len(cache) == 2 and cache.max_sequence_length == models.max_sequence_length_for(pipe)
+    assert train_module.loading_order(config).endswith("text encoders freed -> transformer + VAE")
+
+
+def test_described_prompts_are_encoded_before_the_transformer_loads_and_new_ones_during_training(
+        loading_events, tmp_path):
+    """Phrasings that name the damage appear during training, so the encoders stay (on the CPU),
+    but out of the transformer's way: they are done with the GPU before it loads."""
+    config = check_config(quick_config(tmp_path, prompt_mode="described"))
+    pipe, cache = train_module.load_pipeline_and_prompt_cache(config, torch.device("cpu"))
+    assert loading_events == ["CLIP created", "T5 created", "encoded", "VAE created", "transformer created"]
+    assert pipe.text_encoder is None and pipe.text_encoder_2 is None
+    cache.batch(["Remove the noise from this photo."])  # a phrasing met during training
+    assert loading_events[-1] == "encoded" and len(cache) == 2
+
+
+@pytest.mark.parametrize("prompt_mode", ["plain", "described"])
+def test_embeddings_cached_before_the_model_loads_equal_those_of_the_whole_pipeline(prompt_mode, tmp_path):
+    config = check_config(quick_config(tmp_path, prompt_mode=prompt_mode))
+    prompts = [config.instance_prompt, "Validate this.", "Remove the noise from this photo."]
+    whole = train_module.load_training_pipeline(config, torch.device("cpu"))
+    everything_at_once = train_module.cache_prompt_embeddings(whole, config, prompts[1:2])
+    pipe, encoders_first = train_module.load_pipeline_and_prompt_cache(config, torch.device("cpu"), prompts[1:2])
+    assert encoders_first.max_sequence_length == everything_at_once.max_sequence_length == 32
+    known = prompts if prompt_mode == "described" else prompts[:2]  # described: the last one is new
+    expected, actual = everything_at_once.batch(known), encoders_first.batch(known)
+    for field in ("prompt_embeds", "pooled_prompt_embeds", "text_ids"):
+        assert torch.equal(getattr(expected, field), getattr(actual, field)), field
+    assert all(torch.equal(a, b) for a, b in zip(whole.transformer.state_dict().values(),
+                                                 pipe.transformer.state_dict().values()))
+
+
+def test_loading_the_text_encoders_first_trains_and_validates_exactly_as_loading_everything_at_once(
+        tmp_path, monkeypatch):
+    """The same LoRA and the same validation numbers, bit for bit, as the order used before: the
+    whole pipeline at once, then the prompts (`load_training_pipeline` + `cache_prompt_embeddings`).
+    Validation restores with the cached embeddings: the trained pipeline never has text encoders."""
+    from kontext_lora_helpers.train import loop
+
+    def run(output_dir):
+        result = train(quick_config(output_dir, validation_dir=None, max_train_steps=2, checkpointing_steps=0),
+                       progress_bar=False)
+        assert result["status"] == "completed" and result["validation"]["step"] == 2
+        return result
+
+    def everything_at_once(config, device, extra_prompts=()):
+        pipe = loop.load_training_pipeline(config, device)
+        return pipe, loop.cache_prompt_embeddings(pipe, config, extra_prompts)
+
+    validated_with: list[tuple] = []
+
+    class RecordingValidator(loop.Validator):
+        def __init__(self, pipe, *args, **kwargs):
+            validated_with.append((pipe.text_encoder, pipe.text_encoder_2))
+            super().__init__(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "Validator", RecordingValidator)
+    encoders_first = run(tmp_path / "encoders_first")
+    assert validated_with == [(None, None)]
+    monkeypatch.setattr(loop, "load_pipeline_and_prompt_cache", everything_at_once)
+    at_once = run(tmp_path / "at_once")
+    assert encoders_first["losses"] == at_once["losses"]
+    assert_same_lora(tmp_path / "encoders_first", tmp_path / "at_once", atol=0)
+    for entry in ("lora", "base", "degraded"):
+        assert encoders_first["validation"][entry] == at_once["validation"][entry], entry
+
+
 # --- prompts that describe the damage ------------------------------------------------------------
 
 

@@ -148,39 +148,50 @@ def _t5_config(vocab_size: int) -> T5Config:
     )
 
 
-def build_nano_components(seed: int = 0) -> dict:
+def build_nano_components(seed: int = 0, parts=None) -> dict:
     """Fresh, randomly initialised nano components (the starting point of `nano train`).
 
     Args:
         seed: seeds `torch` before each component so the random text encoders are reproducible.
+        parts: which of `COMPONENT_FILES` ("transformer", "vae", "text_encoder", "text_encoder_2")
+            to build; default all. The others are None. Each component is seeded on its own, so
+            it is the same whichever others are built.
 
     Returns:
-        dict of the seven `FluxKontextPipeline` components, all fp32 on CPU.
+        dict of the seven `FluxKontextPipeline` components, fp32 on CPU (tokenizers and scheduler
+        always; a model left out of `parts` is None).
     """
+    parts = _checked_parts(parts)
     tokenizer = build_clip_tokenizer()
     tokenizer_2 = build_t5_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        _clip_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-    )
-    torch.manual_seed(seed + 1)
-    text_encoder_2 = T5EncoderModel(_t5_config(len(tokenizer_2)))
-    torch.manual_seed(seed + 2)
-    vae = zero_residual_branches(AutoencoderKL(**VAE_CONFIG))
-    torch.manual_seed(seed + 3)
-    transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    for module in (text_encoder, text_encoder_2, vae, transformer):
-        module.eval().requires_grad_(False)
+    builders = {
+        "text_encoder": lambda: CLIPTextModel(_clip_config(len(tokenizer), tokenizer.bos_token_id,
+                                                           tokenizer.eos_token_id)),
+        "text_encoder_2": lambda: T5EncoderModel(_t5_config(len(tokenizer_2))),
+        "vae": lambda: zero_residual_branches(AutoencoderKL(**VAE_CONFIG)),
+        "transformer": lambda: FluxTransformer2DModel(**TRANSFORMER_CONFIG),
+    }
+    models = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(seed + offset)
+        models[name] = build().eval().requires_grad_(False) if name in parts else None
     return dict(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
         tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
+        text_encoder_2=models["text_encoder_2"],
         tokenizer_2=tokenizer_2,
-        transformer=transformer,
+        transformer=models["transformer"],
     )
+
+
+def _checked_parts(parts) -> set[str]:
+    parts = set(COMPONENT_FILES if parts is None else parts)
+    if not parts <= set(COMPONENT_FILES):
+        raise ValueError(f"unknown nano parts {sorted(parts - set(COMPONENT_FILES))}; "
+                         f"choose from {', '.join(COMPONENT_FILES)}")
+    return parts
 
 
 def save_nano_weights(components: dict, weights_dir: Path | str = WEIGHTS_DIR, parts=None) -> None:
@@ -202,24 +213,27 @@ def save_nano_weights(components: dict, weights_dir: Path | str = WEIGHTS_DIR, p
     (weights_dir / FACTORS_FILE).write_text(json.dumps(factors, indent=2) + "\n")
 
 
-def load_nano_components(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False) -> dict:
+def load_nano_components(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False, parts=None) -> dict:
     """Build the nano components and load trained weights into them.
 
     Args:
         weights_dir: folder with the safetensors files written by `save_nano_weights`.
         allow_missing: keep random initialisation for components whose file is absent (used while
             training the parts in order: the VAE first, then the editor).
+        parts: which models to build and load (`build_nano_components`); default all.
 
     Raises:
         FileNotFoundError: a weight file is missing and `allow_missing` is False.
     """
     weights_dir = Path(weights_dir)
-    components = build_nano_components()
+    components = build_nano_components(parts=parts)
     factors_path = weights_dir / FACTORS_FILE
-    if factors_path.exists():
+    if factors_path.exists() and components["vae"] is not None:
         factors = json.loads(factors_path.read_text())
         components["vae"].register_to_config(**factors)
     for name, filename in COMPONENT_FILES.items():
+        if components[name] is None:
+            continue
         path = weights_dir / filename
         if not path.exists():
             if allow_missing:
@@ -232,15 +246,17 @@ def load_nano_components(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: b
     return components
 
 
-def build_nano_pipeline(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False) -> FluxKontextPipeline:
+def build_nano_pipeline(weights_dir: Path | str = WEIGHTS_DIR, allow_missing: bool = False,
+                        parts=None) -> FluxKontextPipeline:
     """The nano `FluxKontextPipeline` (fp32, CPU) with the shipped weights.
 
     Run it at its native size: ``pipe(image=img, prompt=p, height=64, width=64, max_area=64 * 64,
     _auto_resize=False, max_sequence_length=32)``; without those arguments the pipeline works at
     1024x1024 with 512 text tokens, which nano was not trained for. `models.call_kwargs(pipe, 64, 64)`
-    returns these arguments for any pipeline.
+    returns these arguments for any pipeline. ``parts`` builds only some models (the rest None), as
+    `models.load_text_encoders` does.
     """
-    return FluxKontextPipeline(**load_nano_components(weights_dir, allow_missing=allow_missing))
+    return FluxKontextPipeline(**load_nano_components(weights_dir, allow_missing=allow_missing, parts=parts))
 
 
 MODEL_CARD_NAME = "README.md"

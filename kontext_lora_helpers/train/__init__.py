@@ -24,7 +24,8 @@ One optimizer step, in order (each stage is a named function of `objective`, `lo
 4. **pack**: both latents become 2x2-patch tokens; the control tokens go after the target tokens,
    with frame id 1 (`objective.build_transformer_inputs`).
 5. **forward**: the transformer with its LoRA predicts a velocity for every token; the prompt
-   embeddings come from a cache filled once per distinct prompt (`objective.PromptEmbeddingCache`).
+   embeddings come from a cache filled once per distinct prompt (`objective.PromptEmbeddingCache`),
+   before the transformer is even loaded (`loop.load_pipeline_and_prompt_cache`).
 6. **slice**: only the first N_target tokens are the prediction; the control tokens are context.
 7. **loss**: mean of ``weighting * (v_hat - (noise - x0))^2`` over the target tokens, plus, with
    ``--perceptual_loss``, a sigma-gated VGG term on the decoded ``x0_hat`` (`losses.perceptual_term`).
@@ -117,7 +118,9 @@ from .loop import (
     EpochShuffleSampler,
     TrainingDiverged,
     cache_prompt_embeddings,
+    load_pipeline_and_prompt_cache,
     load_training_pipeline,
+    loading_order,
     make_optimizer,
     sample_generator,
     save_loss_curve,
@@ -132,7 +135,8 @@ __all__ = [
     "METRICS_FILE", "MODEL_RECIPES", "NANO_RECIPE_MEASUREMENTS", "RecipeMeasurement", "VALIDATION_SEED", "ConfigError", "EpochShuffleSampler", "TrainConfig",
     "TrainingDiverged", "TrainingProgress", "ValidationSet", "Validator", "build_parser",
     "build_validation_set", "cache_prompt_embeddings", "check_config", "check_distributed_type",
-    "command_line", "comparison_grid", "latest_checkpoint", "list_checkpoints", "load_training_pipeline", "make_optimizer",
+    "command_line", "comparison_grid", "latest_checkpoint", "list_checkpoints", "load_pipeline_and_prompt_cache",
+    "load_training_pipeline", "loading_order", "make_optimizer",
     "main", "parse_args", "parse_sigma_shift", "prune_checkpoints", "resolve_validation_dir", "resume_from",
     "sample_generator", "save_loss_curve", "sigmas_and_noise", "train", "training_loss", "write_checkpoint",
 ]

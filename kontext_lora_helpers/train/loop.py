@@ -48,7 +48,9 @@ __all__ = [
     "EpochShuffleSampler",
     "TrainingDiverged",
     "cache_prompt_embeddings",
+    "load_pipeline_and_prompt_cache",
     "load_training_pipeline",
+    "loading_order",
     "make_optimizer",
     "sample_generator",
     "save_loss_curve",
@@ -194,11 +196,13 @@ def _prepare_output_dir(config: TrainConfig, say) -> None:
     config.save_json(output_dir / CONFIG_FILE)
 
 
-def load_training_pipeline(config: TrainConfig, device):
+def load_training_pipeline(config: TrainConfig, device, text_encoders: bool = True):
     """The pipeline with a fresh trainable LoRA on its transformer, ready for `train`.
 
-    The frozen base (transformer, VAE, text encoders) is in the mixed-precision dtype; the LoRA
-    parameters are float32 (`lora.add_lora`), A seeded by ``config.seed``, B zero.
+    The frozen base (transformer, VAE and, unless ``text_encoders=False``, the text encoders) is in
+    the mixed-precision dtype; the LoRA parameters are float32 (`lora.add_lora`), A seeded by
+    ``config.seed``, B zero. `train` loads it without text encoders, after the prompts are cached
+    (`load_pipeline_and_prompt_cache`).
     """
     from accelerate.utils import set_seed
 
@@ -206,7 +210,7 @@ def load_training_pipeline(config: TrainConfig, device):
 
     pipe = load_pipeline(
         config.pretrained_model_name_or_path, device=device, dtype=_weight_dtype(config.mixed_precision),
-        quantize=config.quantize,
+        quantize=config.quantize, text_encoders=text_encoders,
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.vae.requires_grad_(False).eval()
@@ -222,9 +226,13 @@ def cache_prompt_embeddings(pipe, config: TrainConfig, extra_prompts=()):
     """Encode the instance prompt (and `extra_prompts`, e.g. the validation prompts) once each.
 
     With ``prompt_mode="plain"`` nothing else will ever be needed, so the text encoders are then
-    dropped from the pipeline (T5-XXL alone is 9.5 GB in bf16). Prompts that describe the damage
+    dropped from `pipe` (T5-XXL alone is 9.5 GB in bf16). Prompts that describe the damage
     vary with the degradations: the encoders stay, moved to the CPU, and each new phrasing is
     encoded the first time it appears and kept by its text.
+
+    Args:
+        pipe: a pipeline whose text encoders are loaded: only its text side
+            (`models.load_text_encoders`, as `train` does) or the whole pipeline.
     """
     from ..models import max_sequence_length_for
 
@@ -234,13 +242,49 @@ def cache_prompt_embeddings(pipe, config: TrainConfig, extra_prompts=()):
         cache.release_encoders()
         pipe.text_encoder = None
         pipe.text_encoder_2 = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     else:
         pipe.text_encoder.to("cpu")
         pipe.text_encoder_2.to("cpu")
+    # Hand the encoders' device memory back now, before the transformer asks for its own.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return cache
+
+
+def load_pipeline_and_prompt_cache(config: TrainConfig, device, extra_prompts=()):
+    """The prompt embeddings first, then the model: what `train` loads, in this order.
+
+    1. CLIP and T5 alone, on `device` (`models.load_text_encoders`);
+    2. the instance prompt and `extra_prompts` (the validation prompts) encoded and cached;
+    3. the encoders freed (``prompt_mode="plain"``: every prompt is known now) or moved to the CPU
+       (described/numeric prompts: new phrasings appear during training), `cache_prompt_embeddings`;
+    4. the transformer with a fresh LoRA, and the VAE (`load_training_pipeline`, no text encoders).
+
+    So T5 (9.5 GB in fp16/bf16) and the transformer are never on the GPU together: a T4 (15 GB)
+    holds the NF4 transformer (6.7 GB) and T5 one after the other, not both (16.5 GB). The
+    embeddings are those the whole pipeline would give (same encoders, same precision, same
+    `models.max_sequence_length_for`; one exception in `models.load_text_encoders`), and the LoRA
+    starts from the same seed, so a run gives the same LoRA as when everything was loaded at once.
+
+    Returns:
+        (pipe, cache): the pipeline, its ``text_encoder`` and ``text_encoder_2`` None; the
+        `objective.PromptEmbeddingCache` holding every prompt known so far.
+    """
+    from ..models import load_text_encoders
+
+    encoders = load_text_encoders(config.pretrained_model_name_or_path, device=device,
+                                  dtype=_weight_dtype(config.mixed_precision))
+    cache = cache_prompt_embeddings(encoders, config, extra_prompts)
+    del encoders  # plain prompts: nothing refers to the encoders any more; otherwise the cache does
+    pipe = load_training_pipeline(config, device, text_encoders=False)
+    return pipe, cache
+
+
+def loading_order(config: TrainConfig) -> str:
+    """`load_pipeline_and_prompt_cache`'s order for `config`, in words (the pre-flight prints it)."""
+    encoders = "freed" if config.prompt_mode == "plain" else f"kept on the CPU for new {config.prompt_mode} prompts"
+    return f"text encoders -> prompts cached -> text encoders {encoders} -> transformer + VAE"
 
 
 def make_optimizer(parameters, config: TrainConfig):
@@ -325,10 +369,10 @@ def train(
         _prepare_output_dir(config, say)
     accelerator.wait_for_everyone()
 
-    pipe = load_training_pipeline(config, accelerator.device)
+    pipe, cache = load_pipeline_and_prompt_cache(config, accelerator.device,
+                                                 validation.prompts if validation else ())
     transformer, vae = pipe.transformer, pipe.vae
     say(f"LoRA rank {config.rank}: {lora_ops.describe_parameters(transformer)}")
-    cache = cache_prompt_embeddings(pipe, config, validation.prompts if validation else ())
     if vgg is not None:
         vgg.to(accelerator.device)
 

@@ -62,9 +62,10 @@ def restore_validation_images(pipe, validation: ValidationSet, cache, config: Tr
     """Restore the degraded images with whatever adapter state the transformer has, through
     `inference.restore_batch` (the one inference call of the course).
 
-    Uses the cached prompt embeddings (the text encoders may be gone), the training resolution,
-    ``config.validation_inference_steps`` steps and the configured guidance; every image's noise is
-    seeded by `VALIDATION_SEED`, so every validation starts from the same noise. Returns PIL images.
+    Uses the cached prompt embeddings (the trainer's pipeline has no text encoders), the training
+    resolution, ``config.validation_inference_steps`` steps and the configured guidance; every
+    image's noise is seeded by `VALIDATION_SEED`, so every validation starts from the same noise.
+    Returns PIL images.
     """
     restored = []
     for start in range(0, len(validation.degraded), batch_size):
