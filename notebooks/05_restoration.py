@@ -276,10 +276,9 @@ print(f"base + LoRA:  {scores['restored']['psnr']:.2f} dB, {gains['psnr_vs_degra
 # How to read these numbers on nano: its VAE reconstructs clean 64 px photos at about 36 dB, far
 # above every line here, and the base model, asked to restore, returns its input as the VAE
 # represents it: a little smoother than the degraded input, so about a decibel above it, and no
-# more. Everything the LoRA adds over the base model is restoration it learned. Notebook 04's
-# short run (150 steps) gets most of what the README's 500-step command reaches (on notebook 04's
-# four photos +1.3 dB over the base model, against +1.6 dB); the last line is what this run
-# measured. With FLUX.1-Kontext-dev the same two cells measure the real model.
+# more. Everything the LoRA adds over the base model is restoration it learned; notebook 04's
+# short run gets most of what the README's 500-step command reaches, and the last line is what
+# this run measured. With FLUX.1-Kontext-dev the same two cells measure the real model.
 #
 # ## 5. How strong should the LoRA be?
 #
