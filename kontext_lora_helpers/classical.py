@@ -169,10 +169,10 @@ def classical_restore(images: Sequence[Image.Image], method: str, strength: floa
         method: one of `CLASSICAL_METHODS` ("nlm", "tv").
         strength: >= 0, the same for every image; chosen on validation pairs (`tune_strength`).
     """
-    check_method(method)
-    strength = check_strength(strength)
+    check_method(method)  # refused even for an empty list
+    check_strength(strength)
     images = [images] if isinstance(images, Image.Image) else list(images)
-    return [_to_image(_denoise_pixels(_to_unit_float(image), method, strength, None)) for image in images]
+    return [denoise(image, method, strength) for image in images]
 
 
 def tune_strength(
