@@ -3,6 +3,8 @@
 The notebooks run with `notebooks/` as their working folder, the commands usually from the
 repository root, and Colab from `/content/<repo>`; `data_samples()` finds the sample photos in each
 case (the folder next to the installed package in a clone, else the working folder or its parents).
+Everything a notebook writes goes under `outputs()`: `outputs/` next to the notebook, or the folder
+named by `OUTPUTS_VARIABLE` (the test suite's own, so a test run never touches a student's results).
 
 `REPOSITORY_URL` is the one home of the course's GitHub address. Each notebook opens with a Colab
 badge (`colab_badge`) and a bootstrap cell (`bootstrap_cell`) that installs the course on Colab; the
@@ -22,8 +24,8 @@ import re
 from pathlib import Path
 
 __all__ = [
-    "REPOSITORY_URL", "bootstrap_cell", "colab_badge", "course_files_pointing_at", "data_samples",
-    "files_out_of_date", "github_repository_path", "held_out_dir", "main", "point_course_at",
+    "OUTPUTS_VARIABLE", "REPOSITORY_URL", "bootstrap_cell", "colab_badge", "course_files_pointing_at", "data_samples",
+    "files_out_of_date", "github_repository_path", "held_out_dir", "main", "outputs", "point_course_at",
     "repository_url_in",
 ]
 
@@ -68,6 +70,20 @@ def data_samples() -> Path:
 def held_out_dir() -> Path:
     """`data_samples/held_out/`: photos nothing in the course trains on."""
     return data_samples() / HELD_OUT_DIRNAME
+
+
+OUTPUTS_VARIABLE = "KONTEXT_LORA_OUTPUTS"
+"""An environment variable naming the folder the notebooks write into instead of `outputs/`. The test
+suite sets it (`tests/conftest.py`): its short runs of the notebooks must neither overwrite a
+student's results nor trip over them (notebook 04's trainer refuses a folder holding another run)."""
+
+
+def outputs(name: str = "") -> Path:
+    """Where a notebook writes `name`: ``outputs/<name>`` relative to the working folder (the
+    notebook's), or under the folder `OUTPUTS_VARIABLE` names."""
+    import os
+
+    return Path(os.environ.get(OUTPUTS_VARIABLE) or "outputs") / name
 
 
 # --- the repository's address, the Colab badges and the bootstrap cell ---------------------------

@@ -36,8 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
-    "GPU_SETTINGS", "SOURCES", "GpuSettings", "detect_gpu", "notebook_lora", "notebook_settings", "run_settings",
-    "settings_for_gpu", "settings_table", "weight_memory_gb",
+    "CPU_TWIN_SETTINGS", "GPU_SETTINGS", "NOTEBOOK_TWIN_STEPS", "SOURCES", "GpuSettings", "detect_gpu",
+    "notebook_lora", "notebook_settings", "run_settings", "settings_for_gpu", "settings_table", "weight_memory_gb",
 ]
 
 PARAMETERS = {
@@ -209,19 +209,39 @@ def notebook_nano_steps() -> int:
     return min(int(value), NOTEBOOK_NANO_STEPS)
 
 
+NOTEBOOK_TWIN_STEPS = 4
+"""Steps of notebook 04's run of ``random-kontext-shallow`` on a CPU. The twin has random weights, so
+its run shows that every stage of the real model's training step works at the real width (and what
+it costs), not what it learns; a few steps show that."""
+
+CPU_TWIN_SETTINGS = dict(
+    resolution=64, train_batch_size=1, gradient_accumulation_steps=1, gradient_checkpointing=True,
+    checkpointing_steps=0, validation_steps=0, num_validation_images=2, validation_inference_steps=4,
+)
+"""How notebooks 04 and 05 train ``random-kontext-shallow`` where there is no GPU: the sizes of
+`run_settings` on a CPU (64 px crops, batch 1, gradient checkpointing), validation before and after
+the run only, on two photos with four denoising steps (each step of the twin reads 512 text tokens
+at width 3072: seconds on a CPU)."""
+
+
 def notebook_settings(model: str, **overrides):
     """The training settings notebooks 04 and 05 use (05 retrains with them when 04 has not run).
 
-    nano: the recipe's defaults with `notebook_nano_steps()` steps. Any other model: the entry of
-    the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
+    nano: the recipe's defaults with `notebook_nano_steps()` steps. ``random-kontext-shallow`` on a
+    machine without a GPU: `CPU_TWIN_SETTINGS` for `NOTEBOOK_TWIN_STEPS` steps. Any other model:
+    the entry of the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
     `overrides` go on top (``hr_root``, ``output_dir``, ``degradation``...).
     """
     from .models import is_nano
+    from .random_kontext import RANDOM_KONTEXT_SHALLOW
     from .train import TrainConfig
 
     overrides = {**overrides, "pretrained_model_name_or_path": model}
     if is_nano(model):
         return TrainConfig(**{"max_train_steps": notebook_nano_steps(), **overrides})
+    if str(model).strip().lower() == RANDOM_KONTEXT_SHALLOW and run_settings(model).card == "CPU":
+        steps = min(NOTEBOOK_TWIN_STEPS, notebook_nano_steps())
+        return TrainConfig(**{**_COMMON, **CPU_TWIN_SETTINGS, "max_train_steps": steps, **overrides})
     return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)
 
 

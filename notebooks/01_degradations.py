@@ -63,7 +63,7 @@ if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the cou
 import matplotlib
 
 from kontext_lora_helpers import viz
-from kontext_lora_helpers.course import held_out_dir
+from kontext_lora_helpers.course import held_out_dir, outputs
 from kontext_lora_helpers.degradations import (
     ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation,
 )
@@ -298,11 +298,10 @@ print(train_command(config))
 import json
 import os
 import shutil
-from pathlib import Path
 
 from kontext_lora_helpers import degrade
 
-work = Path("outputs/01-degraded")  # relative to the notebook, like every output of the course
+work = outputs("01-degraded")  # outputs/ next to the notebook, like every output of the course
 shutil.rmtree(work, ignore_errors=True)  # this notebook's own folder: each run starts empty
 degrade.main(["--input", os.path.relpath(held_out_dir() / "china.jpg"), "--output", str(work), "--overwrite",
               *config.to_cli_flags()])

@@ -57,7 +57,7 @@ import os
 import torch
 
 from kontext_lora_helpers import gpu_settings, latents, viz
-from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
 from kontext_lora_helpers.data import DegDataset, PairedDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
@@ -114,12 +114,10 @@ print({tuple(it["control"].shape) == tuple(it["target"].shape) for it in items})
 # folders from the held-out photos, then read them back as pairs.
 
 # %%
-from pathlib import Path
-
 from kontext_lora_helpers.degradations import apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
 
-pairs_dir = Path("outputs/02-pairs")  # relative to the notebook, like every output of the course
+pairs_dir = outputs("02-pairs")  # outputs/ next to the notebook, like every output of the course
 (pairs_dir / "clean").mkdir(parents=True, exist_ok=True), (pairs_dir / "degraded").mkdir(exist_ok=True)
 for i, path in enumerate(list_images(held_out_dir())):
     photo = load_rgb(path)
@@ -243,11 +241,11 @@ from kontext_lora_helpers.nano.evaluate import tensor_to_pils
 photo = tensor_to_pils(target[:1])[0]
 degraded = tensor_to_pils(control[:1])[0]
 run = dict(num_inference_steps=20, **call_kwargs(pipe, RESOLUTION, RESOLUTION))
-outputs = [pipe(image=img, prompt=p, generator=torch.Generator().manual_seed(0), **run).images[0]
+edited = [pipe(image=img, prompt=p, generator=torch.Generator().manual_seed(0), **run).images[0]
            for img, p in [(photo, "Flip the image horizontally"), (photo, "Make it black and white"),
                           (photo, "Make the image brighter"),
                           (degraded, "Restore this degraded photograph to high fidelity")]]
-viz.show_images([photo, *outputs[:3], degraded, outputs[3]],
+viz.show_images([photo, *edited[:3], degraded, edited[3]],
                 ["input", "flip", "black and white", "brighter", "degraded input", "'restore' → copy"]);
 
 # %% [markdown]

@@ -57,14 +57,13 @@ import gc
 import itertools
 import json
 import os
-from pathlib import Path
 
 import torch
 from IPython.display import Markdown, display
 from PIL import Image
 
 from kontext_lora_helpers import gpu_settings, lora, objective, viz
-from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
 from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.latents import image_token_count
@@ -75,7 +74,7 @@ from kontext_lora_helpers.viz_training import (
 )
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-OUTPUT_DIR = Path("outputs/04-restoration-lora")
+OUTPUT_DIR = outputs("04-restoration-lora")  # outputs/ next to the notebook
 
 # %% [markdown]
 # ## 1. The settings
@@ -85,7 +84,9 @@ OUTPUT_DIR = Path("outputs/04-restoration-lora")
 # model (`gpu_settings.notebook_settings`): for nano, batch 4 at 64 px, rank 16, learning rate
 # 3e-3, crops covering a quarter to all of a photo's short side, nano's recipe of section 3, and 120
 # steps here instead of the command line's 500, so that the notebook stays quick; for the real
-# model, the GPU's entry in `gpu_settings`.
+# model, the GPU's entry in `gpu_settings`. (`MODEL = "random-kontext-shallow"`, the real model's
+# width with random weights, runs this notebook on a machine without a GPU: a few steps at 64 px,
+# to see every stage of the real training step work, not to learn anything.)
 
 # %%
 degradation = PRESETS["course"]  # x2 down, noise 0.1, blur 0.5

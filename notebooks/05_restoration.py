@@ -55,7 +55,6 @@ if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the cou
 
 # %%
 import json
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -64,7 +63,7 @@ from safetensors import safe_open
 
 from kontext_lora_helpers import export, gpu_settings, restore, viz
 from kontext_lora_helpers.classical import classical_restore, tune_strength
-from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
 from kontext_lora_helpers.degradations import PRESETS, degrade_each
 from kontext_lora_helpers.evaluate import evaluate_folders, format_table
 from kontext_lora_helpers.images import centre_window, list_images, load_rgb
@@ -72,7 +71,7 @@ from kontext_lora_helpers.latents import pixel_multiple
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
 from kontext_lora_helpers.metrics import psnr
 from kontext_lora_helpers.nano import __main__ as nano_command
-from kontext_lora_helpers.models import load_pipeline, native_resolution, quiet_library_output
+from kontext_lora_helpers.models import load_pipeline, model_source, native_resolution, quiet_library_output
 from kontext_lora_helpers.viz_degradations import prepare_photo
 from kontext_lora_helpers.viz_restoration import (
     BeforeAfter,
@@ -85,8 +84,8 @@ from kontext_lora_helpers.viz_restoration import (
 )
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
-LORA_DIR = Path("outputs/04-restoration-lora")  # where notebook 04 saves the LoRA
-OUTPUT_DIR = Path("outputs/05-restoration")
+LORA_DIR = outputs("04-restoration-lora")  # where notebook 04 saves the LoRA
+OUTPUT_DIR = outputs("05-restoration")
 SEED = 0  # every restoration below starts from the same noise, so only the model differs
 # 72 dpi keeps the stored notebook small; raise it for sharper figures on a high-density screen.
 matplotlib.rcParams["figure.dpi"] = 72
@@ -429,18 +428,19 @@ if MODEL == "nano":
 # 23.8 GB, T5 text encoder 9.5 GB), so this plain form wants a 40 GB card or larger; on smaller
 # ones `load_pipeline(MODEL, quantize="nf4")` or the command's `--quantize nf4` stores the
 # transformer in 4 bits. The model is gated: accept its licence on the Hugging Face hub and log in
-# first. The cell runs only when `MODEL` names the real model, and first frees this notebook's
-# pipeline, since one copy of a 12 B model is enough.
+# first. The cell runs only when `MODEL` names a real checkpoint (a hub id or a local folder, not
+# nano or a random-weight twin), and first frees this notebook's pipeline, since one copy of a 12 B
+# model is enough.
 
 # %%
-if MODEL != "nano":
+if model_source(MODEL) in ("hub", "local"):
     del pipe
     torch.cuda.empty_cache()
     degraded_image = degraded_own[index]
 
     from diffusers import FluxKontextPipeline
-    pipeline = FluxKontextPipeline.from_pretrained("black-forest-labs/FLUX.1-Kontext-dev", torch_dtype=torch.bfloat16).to("cuda")
-    pipeline.load_lora_weights("outputs/04-restoration-lora")
+    pipeline = FluxKontextPipeline.from_pretrained(MODEL, torch_dtype=torch.bfloat16).to("cuda")
+    pipeline.load_lora_weights(str(LORA_DIR))
     restored = pipeline(image=degraded_image, prompt="Restore this degraded photograph to high fidelity", guidance_scale=3.5).images[0]
 
     # The plain call picks its own size (a Kontext resolution near 1024 x 1024); restore_image

@@ -46,20 +46,19 @@ if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the cou
 # %%
 import json
 import os
-from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
 
 from kontext_lora_helpers import viz
-from kontext_lora_helpers.course import data_samples, held_out_dir
+from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
 from kontext_lora_helpers.degradations import ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
 from kontext_lora_helpers.metrics import psnr
 from kontext_lora_helpers.models import load_pipeline, quiet_library_output
 
-OUTPUT_DIR = Path("outputs/solutions")  # relative to the notebook, like every output of the course
+OUTPUT_DIR = outputs("solutions")  # outputs/ next to the notebook, like every output of the course
 matplotlib.rcParams["figure.dpi"] = 72
 
 # %% [markdown]
@@ -378,7 +377,7 @@ print(f"largest change of a LoRA matrix's weights, relative to its largest weigh
 jpeg_only = DegradationConfig(degradation_types=("jpeg",), jpeg_quality=15)
 clean = [prepare_photo(load_rgb(path), 64) for path in list_images(held_out_dir())]
 damaged = [apply_degradation(image, jpeg_only, seed=index)[0] for index, image in enumerate(clean)]
-course_lora = gpu_settings.notebook_lora("nano", "outputs/04-restoration-lora", PRESETS["course"])
+course_lora = gpu_settings.notebook_lora("nano", outputs("04-restoration-lora"), PRESETS["course"])
 short_run("jpeg", degradation=jpeg_only)
 
 

@@ -220,3 +220,15 @@ def test_notebooks_pick_half_precision_by_compute_capability():
     # checks the rule). Here: no notebook asks torch.cuda.is_bf16_supported() instead.
     for path in sorted(NOTEBOOKS[0].parent.glob("0*.py")):
         assert not re.search(r"is_bf16_supported\(", path.read_text()), path.name
+
+
+def test_notebook_outputs_go_to_outputs_or_to_the_folder_the_test_suite_names(monkeypatch, tmp_path):
+    from kontext_lora_helpers import course
+
+    monkeypatch.delenv(course.OUTPUTS_VARIABLE, raising=False)
+    assert course.outputs("04-restoration-lora") == Path("outputs") / "04-restoration-lora"
+    monkeypatch.setenv(course.OUTPUTS_VARIABLE, str(tmp_path))
+    assert course.outputs("solutions") == tmp_path / "solutions"
+    # every notebook writes through it, so a test run leaves a student's notebooks/outputs alone
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.py")):
+        assert 'Path("outputs' not in path.read_text(), path.name

@@ -75,6 +75,25 @@ def test_notebook_settings_shorten_nano_and_pick_the_gpu_entry_otherwise(monkeyp
         "A100-40GB", pretrained_model_name_or_path="some/model", hr_root="p", output_dir="o")
 
 
+def test_the_shallow_twin_trains_at_cpu_sizes_without_a_gpu_and_at_the_card_s_with_one(monkeypatch):
+    monkeypatch.delenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, raising=False)
+    monkeypatch.setattr(gpu_settings, "detect_gpu", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    twin = gpu_settings.notebook_settings("random-kontext-shallow", hr_root="p", output_dir="o")
+    run = gpu_settings.run_settings("random-kontext-shallow")
+    # the training crops and batch are the ones run_settings gives notebooks 02 and 03 on a CPU
+    assert (twin.resolution, twin.train_batch_size) == (run.resolution, run.batch_size) == (64, 1)
+    assert twin.gradient_checkpointing and twin.gradient_accumulation_steps == 1
+    assert twin.max_train_steps == gpu_settings.NOTEBOOK_TWIN_STEPS and twin.validation_steps == 0
+    assert twin.pretrained_model_name_or_path == "random-kontext-shallow"
+    monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "2")
+    assert gpu_settings.notebook_settings("random-kontext-shallow", hr_root="p", output_dir="o").max_train_steps == 2
+    monkeypatch.setattr(gpu_settings, "detect_gpu", lambda: "L4")  # a GPU: the card's entry, as for the real model
+    assert gpu_settings.notebook_settings("random-kontext-shallow", hr_root="p", output_dir="o") == \
+        gpu_settings.settings_for_gpu("L4", pretrained_model_name_or_path="random-kontext-shallow", hr_root="p",
+                                      output_dir="o")
+
+
 def test_run_settings_fit_each_card_and_leave_nano_alone():
     real = "black-forest-labs/FLUX.1-Kontext-dev"
     nano = gpu_settings.run_settings("nano", gpu="T4")

@@ -34,7 +34,10 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def figures(pipe):
-    return evaluate_nano(pipe, steps=20)
+    # These are properties of the model, not of the sampler: at 6 denoising steps every figure is
+    # within 0.4 dB of its value at 20 (e.g. flip 17.33 against 17.21 dB, identity 35.98 against
+    # 35.89), in 28.5 s instead of 70.8 s on 2 CPU cores.
+    return evaluate_nano(pipe, steps=6)
 
 
 def test_tokenizers_are_deterministic_and_round_trip(tmp_path):

@@ -91,6 +91,8 @@ def test_tiles_cover_each_side_with_at_least_the_overlap():
         assert starts[0] == 0 and starts[-1] + tile == length
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     assert restore.plan_tiles(64, 64, 64, 8) is None  # not larger than the native area: run whole
+    # notebook 05's 250 x 187 photo with the real model (1024 px tiles): one tile, so no layout
+    assert restore.plan_tiles(250, 187, 1024, 16) is None
     layout = restore.plan_tiles(250, 187, 64, 8)
     assert (layout.tile_width, layout.tile_height, layout.overlap) == (64, 64, 16)
     assert layout.count == len(layout.xs) * len(layout.ys) == 5 * 4
