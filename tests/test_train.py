@@ -327,6 +327,16 @@ def test_precision_memory_and_objective_options_run_on_the_cpu(tmp_path):
     assert all(t.dtype == torch.float32 for t in lora_tensors(tmp_path).values())  # fp32 LoRA over bf16
 
 
+def test_a_bf16_run_validates(tmp_path):
+    """Under mixed precision the prepared transformer returns float32 latents to a bf16 VAE; the
+    validation restorations must still decode (they crashed before any step on CPU and GPU alike)."""
+    config = quick_config(tmp_path, mixed_precision="bf16", max_train_steps=1, validation_dir=str(DATA / "held_out"),
+                          num_validation_images=1, validation_inference_steps=2)
+    result = train(config, progress_bar=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["status"] == "completed" and math.isfinite(metrics["lora"]["psnr"]), metrics
+
+
 # --- loading order: the prompts before the transformer ------------------------------------------
 
 

@@ -417,7 +417,10 @@ def train(
 
     def validate(step: int) -> None:
         if validator is not None:
-            with averaged():
+            # `accelerator.prepare` makes the transformer return float32 under mixed precision, and
+            # the pipeline hands those latents to the bf16/fp16 VAE: the training step's autocast
+            # lets its decoder take them, as it lets the transformer take float32 LoRA outputs.
+            with averaged(), accelerator.autocast():
                 result = validator.run(step)
             if not any(entry["step"] == step for entry in progress.validation_history):
                 progress.validation_history.append({"step": step, "psnr": result["psnr"], "ssim": result["ssim"]})
