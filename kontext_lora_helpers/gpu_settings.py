@@ -192,9 +192,23 @@ NOTEBOOK_NANO_STEPS = 120
 the course stays quick to run; the README's command trains the recipe's full 500 steps."""
 
 NOTEBOOK_STEPS_VARIABLE = "KONTEXT_LORA_NOTEBOOK_STEPS"
-"""An environment variable that shortens the notebooks' nano training runs to this many steps. The
-test suite sets it (`tests/conftest.py`) so that nbval executes every cell of the course in less
-time; the stored notebooks and the README's times are full runs, without it."""
+"""An environment variable that shortens the notebooks' nano training runs to this many steps (and
+their validations to `SHORTENED_VALIDATION_STEPS` denoising steps). The test suite sets it
+(`tests/conftest.py`) so that nbval executes every cell of the course in less time; the stored
+notebooks and the README's times are full runs, without it."""
+
+
+SHORTENED_VALIDATION_STEPS = 4
+"""Denoising steps of each validation restoration in the runs `NOTEBOOK_STEPS_VARIABLE` shortens: a
+LoRA of a few steps is barely trained, and its validation only has to run (the recipe's 20 steps
+took most of such a run's time)."""
+
+
+def notebook_runs_shortened() -> bool:
+    """Whether `NOTEBOOK_STEPS_VARIABLE` shortens the notebooks' training runs (the test suite)."""
+    import os
+
+    return bool(os.environ.get(NOTEBOOK_STEPS_VARIABLE, ""))
 
 
 def notebook_nano_steps() -> int:
@@ -227,9 +241,10 @@ at width 3072: seconds on a CPU)."""
 def notebook_settings(model: str, **overrides):
     """The training settings notebooks 04 and 05 use (05 retrains with them when 04 has not run).
 
-    nano: the recipe's defaults with `notebook_nano_steps()` steps. ``random-kontext-shallow`` on a
-    machine without a GPU: `CPU_TWIN_SETTINGS` for `NOTEBOOK_TWIN_STEPS` steps. Any other model:
-    the entry of the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
+    nano: the recipe's defaults with `notebook_nano_steps()` steps (and, in runs the test suite
+    shortens, `SHORTENED_VALIDATION_STEPS` per validation). ``random-kontext-shallow`` on a machine
+    without a GPU: `CPU_TWIN_SETTINGS` for `NOTEBOOK_TWIN_STEPS` steps. Any other model: the entry
+    of the GPU this machine has (`detect_gpu`), or the A100's when none is recognised.
     `overrides` go on top (``hr_root``, ``output_dir``, ``degradation``...).
     """
     from .models import is_nano
@@ -238,7 +253,8 @@ def notebook_settings(model: str, **overrides):
 
     overrides = {**overrides, "pretrained_model_name_or_path": model}
     if is_nano(model):
-        return TrainConfig(**{"max_train_steps": notebook_nano_steps(), **overrides})
+        shortened = {"validation_inference_steps": SHORTENED_VALIDATION_STEPS} if notebook_runs_shortened() else {}
+        return TrainConfig(**{"max_train_steps": notebook_nano_steps(), **shortened, **overrides})
     if str(model).strip().lower() == RANDOM_KONTEXT_SHALLOW and run_settings(model).card == "CPU":
         steps = min(NOTEBOOK_TWIN_STEPS, notebook_nano_steps())
         return TrainConfig(**{**_COMMON, **CPU_TWIN_SETTINGS, "max_train_steps": steps, **overrides})

@@ -114,7 +114,9 @@ def test_run_settings_fit_each_card_and_leave_nano_alone():
 
 def test_the_test_suite_may_shorten_the_notebook_runs_but_never_lengthen_them(monkeypatch):
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "20")
-    assert gpu_settings.notebook_settings("nano", hr_root="d", output_dir="o").max_train_steps == 20
+    shortened = gpu_settings.notebook_settings("nano", hr_root="d", output_dir="o")
+    assert shortened.max_train_steps == 20
+    assert shortened.validation_inference_steps == gpu_settings.SHORTENED_VALIDATION_STEPS < TrainConfig().validation_inference_steps
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "100000")
     assert gpu_settings.notebook_nano_steps() == gpu_settings.NOTEBOOK_NANO_STEPS
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "ten")
