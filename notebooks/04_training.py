@@ -142,7 +142,9 @@ for step, batch in zip(range(HAND_STEPS), itertools.cycle(loader)):
     loss.backward()  # 7. gradients reach the LoRA only
     optimizer.step()
     hand_losses.append(loss.item())
-print(f"mean loss of the first 10 steps {sum(hand_losses[:10]) / 10:.3f}, of the last 10 {sum(hand_losses[-10:]) / 10:.3f}")
+first, last = hand_losses[:10], hand_losses[-10:]
+print(f"mean loss of the first {len(first)} steps {sum(first) / len(first):.3f}, "
+      f"of the last {len(last)} {sum(last) / len(last):.3f}")
 
 # %%
 show_figure(loss_curve_figure(range(1, len(hand_losses) + 1), hand_losses,

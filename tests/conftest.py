@@ -6,10 +6,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# nbval executes every notebook: their nano training runs take 10 steps here instead of the course's,
+# nbval executes every notebook: their nano training runs take 4 steps here instead of the course's,
 # with short validations (the stored notebooks and the README's times are full runs; see
 # gpu_settings.NOTEBOOK_STEPS_VARIABLE)
-os.environ.setdefault("KONTEXT_LORA_NOTEBOOK_STEPS", "10")
+os.environ.setdefault("KONTEXT_LORA_NOTEBOOK_STEPS", "4")
 
 
 def _write_notebook_outputs_to_a_temporary_folder() -> None:
