@@ -229,13 +229,13 @@ its run shows that every stage of the real model's training step works at the re
 it costs), not what it learns; a few steps show that."""
 
 CPU_TWIN_SETTINGS = dict(
-    resolution=64, train_batch_size=1, gradient_accumulation_steps=1, gradient_checkpointing=True,
-    checkpointing_steps=0, validation_steps=0, num_validation_images=2, validation_inference_steps=4,
+    gradient_accumulation_steps=1, checkpointing_steps=0, validation_steps=0, num_validation_images=2,
+    validation_inference_steps=4,
 )
-"""How notebooks 04 and 05 train ``random-kontext-shallow`` where there is no GPU: the sizes of
-`run_settings` on a CPU (64 px crops, batch 1, gradient checkpointing), validation before and after
-the run only, on two photos with four denoising steps (each step of the twin reads 512 text tokens
-at width 3072: seconds on a CPU)."""
+"""How notebooks 04 and 05 train ``random-kontext-shallow`` where there is no GPU, besides the crop
+size, batch and gradient checkpointing of `run_settings` on a CPU (64 px, 1, on): no accumulation,
+validation before and after the run only, on two photos with four denoising steps (each step of
+the twin runs width 3072: seconds on a CPU)."""
 
 
 def notebook_settings(model: str, **overrides):
@@ -248,16 +248,19 @@ def notebook_settings(model: str, **overrides):
     `overrides` go on top (``hr_root``, ``output_dir``, ``degradation``...).
     """
     from .models import is_nano
-    from .random_kontext import RANDOM_KONTEXT_SHALLOW
+    from .random_kontext import is_shallow_twin
     from .train import TrainConfig
 
     overrides = {**overrides, "pretrained_model_name_or_path": model}
     if is_nano(model):
         shortened = {"validation_inference_steps": SHORTENED_VALIDATION_STEPS} if notebook_runs_shortened() else {}
         return TrainConfig(**{"max_train_steps": notebook_nano_steps(), **shortened, **overrides})
-    if str(model).strip().lower() == RANDOM_KONTEXT_SHALLOW and run_settings(model).card == "CPU":
+    run = run_settings(model)
+    if is_shallow_twin(model) and run.card == "CPU":
+        sizes = dict(resolution=run.resolution, train_batch_size=run.batch_size,
+                     gradient_checkpointing=run.gradient_checkpointing)
         steps = min(NOTEBOOK_TWIN_STEPS, notebook_nano_steps())
-        return TrainConfig(**{**_COMMON, **CPU_TWIN_SETTINGS, "max_train_steps": steps, **overrides})
+        return TrainConfig(**{**_COMMON, **sizes, **CPU_TWIN_SETTINGS, "max_train_steps": steps, **overrides})
     return settings_for_gpu(detect_gpu() or "A100-40GB", **overrides)
 
 
@@ -349,7 +352,7 @@ def run_settings(model: str, gpu: str | None = "detect", memory_gb: float | None
     import torch
 
     from .models import is_nano
-    from .random_kontext import RANDOM_KONTEXT_SHALLOW
+    from .random_kontext import is_shallow_twin
 
     if gpu == "detect":
         gpu = detect_gpu() or ("GPU" if torch.cuda.is_available() else None)
@@ -360,7 +363,7 @@ def run_settings(model: str, gpu: str | None = "detect", memory_gb: float | None
     card = gpu or "CPU"
     if is_nano(model):
         return RunSettings(model, card)
-    if str(model).strip().lower() == RANDOM_KONTEXT_SHALLOW or gpu is None:
+    if is_shallow_twin(model) or gpu is None:
         # on a CPU only the shallow twin is affordable: small crops, one image at a time
         return RunSettings(model, card, resolution=64, batch_size=1, gradient_checkpointing=True)
     if (memory_gb or 0) >= 40:

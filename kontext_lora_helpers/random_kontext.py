@@ -121,6 +121,11 @@ def is_random_kontext(name_or_path) -> bool:
     return str(name_or_path).strip().lower() in (RANDOM_KONTEXT, RANDOM_KONTEXT_SHALLOW)
 
 
+def is_shallow_twin(name_or_path) -> bool:
+    """Whether a model name is `RANDOM_KONTEXT_SHALLOW`, the twin a CPU can afford."""
+    return str(name_or_path).strip().lower() == RANDOM_KONTEXT_SHALLOW
+
+
 def _checked_name(name: str) -> str:
     name = str(name).strip().lower()
     if name not in (RANDOM_KONTEXT, RANDOM_KONTEXT_SHALLOW):

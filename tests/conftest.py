@@ -6,10 +6,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+from kontext_lora_helpers.course import OUTPUTS_VARIABLE  # noqa: E402  (light modules: no torch)
+from kontext_lora_helpers.gpu_settings import NOTEBOOK_STEPS_VARIABLE  # noqa: E402
+
 # nbval executes every notebook: their nano training runs take 4 steps here instead of the course's,
-# with short validations (the stored notebooks and the README's times are full runs; see
-# gpu_settings.NOTEBOOK_STEPS_VARIABLE)
-os.environ.setdefault("KONTEXT_LORA_NOTEBOOK_STEPS", "4")
+# with short validations (the stored notebooks and the README's times are full runs)
+os.environ.setdefault(NOTEBOOK_STEPS_VARIABLE, "4")
 
 
 def _write_notebook_outputs_to_a_temporary_folder() -> None:
@@ -18,8 +21,6 @@ def _write_notebook_outputs_to_a_temporary_folder() -> None:
     import atexit
     import shutil
     import tempfile
-
-    from kontext_lora_helpers.course import OUTPUTS_VARIABLE  # a light module: no torch
 
     folder = tempfile.mkdtemp(prefix="kontext-lora-test-outputs-")
     os.environ[OUTPUTS_VARIABLE] = folder

@@ -63,8 +63,8 @@ def test_notebooks_04_and_05_train_and_restore_with_the_real_width_model(monkeyp
     """04 trains the twin's LoRA (a few steps, by hand and with `train`), 05 restores with it and exports it.
 
     Three concessions to the CPU, all in how the pipeline is called, none in the notebooks' code: every
-    restoration takes one denoising step with 32 text tokens (the training steps and 02-03 keep the
-    real 512), and the twin's native side is 64 px, so that 05's whole-photo and tiled restorations
+    restoration takes one denoising step with 32 text tokens (the twin's own length is 64; the training
+    steps keep it), and the twin's native side is 64 px, so that 05's whole-photo and tiled restorations
     work at 64 px instead of about 1024 (one 64 px image through the twin at 1024 px took 219 s here).
     `restore.plan_tiles` at the real 1024 px is tested in `test_restore.py`.
     """
