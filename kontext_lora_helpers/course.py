@@ -26,11 +26,20 @@ from pathlib import Path
 __all__ = [
     "OUTPUTS_VARIABLE", "REPOSITORY_URL", "bootstrap_cell", "colab_badge", "course_files_pointing_at", "data_samples",
     "files_out_of_date", "github_repository_path", "held_out_dir", "main", "outputs", "point_course_at",
-    "repository_url_in",
+    "repository_url_in", "evaluation_dirs", "test_dir", "validation_dir",
 ]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The course's three sets of photos, each used for one thing only:
+#  * training photos, `data_samples/` itself: the LoRA learns from them;
+#  * validation photos, `data_samples/validation/`: every choice is made on them (nano's recipe, the
+#    LoRA scale, the number of denoising steps, the classical yardstick's strength), and the trainer
+#    validates on them while it runs;
+#  * test photos, `data_samples/held_out/`: they only report, once every choice is made.
+# Nothing trains on the last two: not the LoRA, not nano's VAE or editor.
+VALIDATION_DIRNAME = "validation"
 HELD_OUT_DIRNAME = "held_out"
+EVALUATION_DIRNAMES = (VALIDATION_DIRNAME, HELD_OUT_DIRNAME)
 
 # The course's repository on GitHub: the badges open the notebooks from it, the bootstrap cell clones
 # it. `python -m kontext_lora_helpers.course --repository <url>` rewrites this line and every file
@@ -50,7 +59,8 @@ _REPOSITORY_URL_LINE = re.compile(r'^REPOSITORY_URL = "(?P<url>[^"]*)"', re.MULT
 
 
 def data_samples() -> Path:
-    """The `data_samples/` folder (training photos; held-out ones in `held_out/`).
+    """The `data_samples/` folder (training photos; validation ones in `validation/`, test ones in
+    `held_out/`).
 
     Raises:
         FileNotFoundError: when no `data_samples/` is found; clone the repository to get it.
@@ -67,9 +77,23 @@ def data_samples() -> Path:
     )
 
 
-def held_out_dir() -> Path:
-    """`data_samples/held_out/`: photos nothing in the course trains on."""
+def validation_dir() -> Path:
+    """`data_samples/validation/`: the photos every choice is made on (nothing trains on them)."""
+    return data_samples() / VALIDATION_DIRNAME
+
+
+def test_dir() -> Path:
+    """`data_samples/held_out/`: the test photos, which only report (nothing trains or chooses on them)."""
     return data_samples() / HELD_OUT_DIRNAME
+
+
+held_out_dir = test_dir  # the name the notebooks and earlier versions use
+
+
+def evaluation_dirs() -> list[Path]:
+    """The validation and test folders: what a training set drawn from `data_samples()` leaves out
+    (``DegDataset(data_samples(), ..., exclude=evaluation_dirs())``)."""
+    return [validation_dir(), test_dir()]
 
 
 OUTPUTS_VARIABLE = "KONTEXT_LORA_OUTPUTS"

@@ -538,20 +538,32 @@ def format_table(result: dict, y_channel: bool | None = None) -> str:
     y_channel = result["settings"]["y_channel"] if y_channel is None else y_channel
     suffix, label = ("_y", "-Y") if y_channel else ("", "")
     show_lpips = result["lpips"]["computed"]
-    columns: list[tuple[str, Callable[[dict, dict], str]]] = []
+    # (title, value of one row's scores and gains, digits)
+    columns: list[tuple[str, Callable[[dict, dict], float | None], int]] = []
     for method in result["methods"]:
-        columns.append((f"{method} PSNR{label}", lambda s, g, m=method: _text(s[m][f"psnr{suffix}"], 2)))
-        columns.append((f"{method} SSIM{label}", lambda s, g, m=method: _text(s[m][f"ssim{suffix}"], 4)))
+        columns.append((f"{method} PSNR{label}", lambda s, g, m=method: s[m][f"psnr{suffix}"], 2))
+        columns.append((f"{method} SSIM{label}", lambda s, g, m=method: s[m][f"ssim{suffix}"], 4))
         if show_lpips:
-            columns.append((f"{method} LPIPS", lambda s, g, m=method: _text(s[m]["lpips"], 4)))
+            columns.append((f"{method} LPIPS", lambda s, g, m=method: s[m]["lpips"], 4))
     for other in ("degraded", "classical", "base"):
         if other in result["methods"]:
-            columns.append((f"gain vs {other} (dB)", lambda s, g, o=other: _text(g[f"psnr{suffix}_vs_{o}"], 2)))
+            columns.append((f"gain vs {other} (dB)", lambda s, g, o=other: g[f"psnr{suffix}_vs_{o}"], 2))
 
-    body = [[row["name"], *(cell(row["scores"], row["gains"]) for _, cell in columns)] for row in result["images"]]
-    mean = ["mean", *(cell(result["mean"]["scores"], result["mean"]["gains"]) for _, cell in columns)]
-    header = ["image", *(title for title, _ in columns)]
-    widths = [max(len(line[i]) for line in [header, *body, mean]) for i in range(len(header))]
+    def column_std(value_of) -> float | None:
+        values = [value_of(row["scores"], row["gains"]) for row in result["images"]]
+        if len(values) < 2 or any(v is None or not math.isfinite(v) for v in values):
+            return None
+        return metrics.spread(values).std
+
+    body = [[row["name"], *(_text(value(row["scores"], row["gains"]), digits) for _, value, digits in columns)]
+            for row in result["images"]]
+    mean = ["mean", *(_text(value(result["mean"]["scores"], result["mean"]["gains"]), digits)
+                      for _, value, digits in columns)]
+    # The spread over images: for a gain column it is the paired spread, the one that says whether
+    # one method beats another on these images.
+    std = ["± std", *(_text(column_std(value), digits) for _, value, digits in columns)]
+    header = ["image", *(title for title, _, _ in columns)]
+    widths = [max(len(line[i]) for line in [header, *body, mean, std]) for i in range(len(header))]
     render = lambda line: "  ".join(  # noqa: E731
         cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line)
     )
@@ -565,6 +577,7 @@ def format_table(result: dict, y_channel: bool | None = None) -> str:
         *(render(line) for line in body),
         "-" * len(render(header)),
         render(mean),
+        render(std),
     ]
     if result.get("classical"):
         lines.insert(1, describe_classical(result["classical"]))

@@ -29,17 +29,24 @@ For a batch the result is the mean of the per-image values (``reduction="none"``
 PSNR per image first, then the mean, as BasicSR reports it (not the PSNR of the pooled squared
 error, which weights the worst images less). Every figure of the course is measured this way:
 training validation, ``nano check-lora``, nano's own figures, ``evaluate`` and the notebooks.
+
+A mean over a handful of images says little without its spread: `spread` gives the mean, the
+standard deviation over the images and the standard error of the mean, and `paired_spread` the
+same for the per-image difference of two methods on the same images (the right spread for "A beats
+B": most of the variation between images is shared by both methods and cancels).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "score_images", "to_pixel_array", "rgb_to_y", "gaussian_window"]
+__all__ = ["Spread", "gaussian_window", "paired_spread", "psnr", "rgb_to_y", "score_images", "spread",
+           "to_pixel_array"]
 
 PEAK = 255.0
 SSIM_WINDOW = 11
@@ -102,6 +109,64 @@ def _reduce(values: list[float], reduction: str):
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     return float(np.mean(values))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A mean over images with its spread.
+
+    Attributes:
+        mean: the mean value. std: the standard deviation over the images (ddof 1; 0 for one image).
+        sem: the standard error of the mean, ``std / sqrt(n)``: about two of them either side of the
+            mean make a 95 % interval. n: the number of images.
+    """
+
+    mean: float
+    std: float
+    sem: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+    def describe(self, unit: str = "dB") -> str:
+        """E.g. ``"25.27 ± 1.92 dB (std over 16 images; mean ± 0.48 standard error)"``."""
+        return f"{self.mean:.2f} ± {self.std:.2f} {unit} (std over {self.n} images; mean ± {self.sem:.2f} standard error)"
+
+    def clearly_above(self, threshold: float = 0.0) -> bool:
+        """True when the mean exceeds `threshold` by more than two standard errors (about 95 %)."""
+        return self.mean - 2 * self.sem > threshold
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "sem": self.sem, "n": self.n}
+
+
+def spread(values) -> Spread:
+    """`Spread` of per-image values (e.g. ``psnr(a, b, reduction="none")``).
+
+    Raises:
+        ValueError: for no values, or a non-finite one (identical images give an infinite PSNR,
+            which has no spread; compare such images another way).
+    """
+    array = np.asarray(list(values), dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("spread of no values")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("spread of a non-finite value (an identical image pair gives an infinite PSNR)")
+    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return Spread(float(array.mean()), std, std / math.sqrt(array.size), int(array.size))
+
+
+def paired_spread(values, baseline_values) -> Spread:
+    """`Spread` of the per-image differences ``values - baseline_values`` (same images, same order).
+
+    Raises:
+        ValueError: when the two lists differ in length.
+    """
+    first, second = list(values), list(baseline_values)
+    if len(first) != len(second):
+        raise ValueError(f"paired values need the same images: {len(first)} against {len(second)}")
+    return spread(np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64))
 
 
 def psnr(a, b, *, y_channel: bool = False, crop_border: int = 0, reduction: str = "mean"):

@@ -17,6 +17,11 @@ inference (tests capture the pipeline's transformer call and compare):
 Only the target tokens carry a loss: the control tokens are context, exactly as at inference where
 the pipeline keeps the first ``n_target_tokens`` of the prediction.
 
+The other half of the flow is the sampler, written out in `pipeline_sigmas` and `euler_sample`:
+`FluxKontextPipeline`'s schedule (``linspace(1, 1/n, n)``, shifted with the pipeline's mu, then 0)
+and its Euler steps ``x <- x + (sigma_next - sigma) * v_hat``, equal to the pipeline's latents to
+floating-point precision (tests compare them).
+
 Two objectives share these stages (``OBJECTIVES``). ``flow_matching`` (above, what diffusers' Kontext
 trainer does) teaches the model the distribution of clean images given the degraded one, so the
 sampler *draws* one: plausible detail, but when the degradation leaves much undecided two draws
@@ -33,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import latents as latent_ops
@@ -406,6 +412,95 @@ def objective_step(name: str):
     """The step function of objective `name` (one of ``OBJECTIVES``); both take and return the same."""
     _check_choice("objective", name, OBJECTIVES)
     return kontext_posterior_mean_step if name == "posterior_mean" else kontext_flow_matching_step
+
+
+# --- 8. sampling: the pipeline's Euler sampler, by hand -----------------------------------------------
+
+
+def pipeline_sigmas(num_inference_steps: int, num_target_tokens: int, scheduler_config=None) -> torch.Tensor:
+    """The noise levels `FluxKontextPipeline` steps through, from 1 down to 0.
+
+    The pipeline passes ``sigmas = linspace(1, 1/n, n)`` to FLUX's scheduler, which shifts them with
+    ``mu = calculate_shift(num_target_tokens)`` (`shift_sigmas`) and appends a final 0. The last
+    step therefore jumps from the shifted ``1/n`` straight to the clean image: for 28 steps and
+    nano's 256 tokens (mu 0.5) the tail is about 0.165, 0.113, 0.058, 0.
+
+    Args:
+        num_inference_steps: n, the number of transformer calls.
+        num_target_tokens: tokens of the image being generated (`latents.token_count`); sets mu.
+        scheduler_config: the pipeline's ``scheduler.config`` (FLUX's shift settings by default).
+
+    Returns:
+        (n + 1,) float32, decreasing from 1 to 0.
+
+    Raises:
+        ValueError: for a scheduler configured with options this hand-written version does not
+            reproduce (terminal stretching, Karras/exponential/beta sigmas, stochastic sampling).
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1; got {num_inference_steps}")
+    config = dict(scheduler_config or {})
+    unsupported = [key for key in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas",
+                                   "use_beta_sigmas", "invert_sigmas", "stochastic_sampling") if config.get(key)]
+    if unsupported or config.get("time_shift_type", "exponential") != "exponential":
+        raise ValueError(f"pipeline_sigmas reproduces FLUX's exponential shift only; this scheduler also sets "
+                         f"{unsupported or 'a linear time shift'}: use the pipeline's own scheduler.set_timesteps")
+    # The pipeline's numpy linspace, made float32 and shifted in numpy as the scheduler does it
+    # (the same formula as `shift_sigmas`; torch's float32 division can round differently).
+    base = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps).astype(np.float32)
+    scale = math.exp(calculate_shift(num_target_tokens, config or None))
+    shifted = scale / (scale + (1 / base - 1) ** 1.0)
+    return torch.cat([torch.from_numpy(shifted).float(), torch.zeros(1)])
+
+
+@torch.no_grad()
+def euler_sample(
+    transformer,
+    control_latents: torch.Tensor,
+    text: PromptEmbeddings,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    guidance_scale: float | None = GUIDANCE_SCALE,
+    aims: list | None = None,
+) -> torch.Tensor:
+    """Integrate the learned velocity from noise to a clean latent: the pipeline's sampler.
+
+    ``x = noise``; for each pair of neighbouring noise levels, ``v_hat = transformer(x, sigma)``
+    (the Kontext sequence of `build_transformer_inputs`) and ``x <- x + (sigma_next - sigma) * v_hat``,
+    the update computed in float32 as FLUX's scheduler does. With `pipeline_sigmas` and the noise
+    the pipeline draws (``randn`` of this shape from its generator) this is `FluxKontextPipeline`'s
+    ``output_type="latent"`` result, unpacked; `latents.decode` turns it into pixels.
+
+    Every step's ``x0_hat = x - sigma * v_hat`` is where that step aims; a model trained for the
+    posterior mean gives the same ``x0_hat`` all the way, so the sampler moves on a straight line.
+
+    Args:
+        control_latents: (B, 16, h_c, w_c) the encoded condition image. text: prompt embeddings, batch B.
+        noise: (B, 16, h, w) the starting latent (sigma 1). sigmas: (n + 1,) from 1 down to 0.
+        aims: a list to receive each step's ``x0_hat`` as (B, 16, h, w) float32 latents, or None.
+
+    Returns:
+        (B, 16, h, w) latents, the dtype of `noise`.
+    """
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 levels; got shape {tuple(sigmas.shape)}")
+    height, width = noise.shape[-2:]
+    batch = noise.shape[0]
+    tokens = latent_ops.pack(noise)
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        # The pipeline's scheduler keeps timestep = sigma * 1000 in float32 and divides by 1000
+        # again: the round trip can move sigma by one float32 step, so it is copied here.
+        timestep = torch.full((batch,), sigma, dtype=torch.float32).mul(1000).to(tokens.dtype).div(1000)
+        x = latent_ops.unpack(tokens, height, width)
+        velocity, _ = predict_target_tokens(transformer, x, control_latents, text, timestep.to(tokens.device),
+                                            guidance_scale)
+        if aims is not None:
+            aims.append(latent_ops.unpack(tokens.float() - timestep.view(-1, 1, 1).float() * velocity.float(),
+                                          height, width))
+        # float32 sigmas as the scheduler holds them
+        step = torch.tensor(sigma_next, dtype=torch.float32) - torch.tensor(sigma, dtype=torch.float32)
+        tokens = (tokens.float() + step * velocity.float()).to(noise.dtype)
+    return latent_ops.unpack(tokens, height, width)
 
 
 # --- text ------------------------------------------------------------------------------------------

@@ -53,10 +53,11 @@ if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the cou
 import torch
 
 from kontext_lora_helpers import gpu_settings, lora, losses, objective, viz, viz_objective
+from kontext_lora_helpers import latents as latent_ops
 from kontext_lora_helpers.course import held_out_dir
 from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
-from kontext_lora_helpers.models import load_pipeline, max_sequence_length_for, native_resolution
+from kontext_lora_helpers.models import call_kwargs, load_pipeline, max_sequence_length_for, native_resolution
 
 MODEL = "nano"  # on a GPU: "black-forest-labs/FLUX.1-Kontext-dev"
 RUN = gpu_settings.run_settings(MODEL)  # quantization, offload, checkpointing for the card found
@@ -337,6 +338,52 @@ estimate_step = objective.kontext_posterior_mean_step(pipe.transformer, target_l
 print("posterior-mean loss (clean-latent error):", round(estimate_step.loss.item(), 4))
 
 # %% [markdown]
+# ### The sampler, written out
+#
+# That argument is about the sampler, so here it is in full. `FluxKontextPipeline` steps through
+# `sigmas = linspace(1, 1/n, n)`, shifted with the mu of section 3, then a final 0, and at each
+# level makes one Euler step along the predicted velocity:
+#
+# $$x \leftarrow x + (\sigma_{i+1} - \sigma_i)\, \hat v(x, \sigma_i)$$
+#
+# `objective.pipeline_sigmas` and `objective.euler_sample` are those few lines. The last step
+# jumps from the shifted `1/n` (about 0.06 for 28 steps) straight to 0:
+
+# %%
+schedule = objective.pipeline_sigmas(28, num_target_tokens, pipe.scheduler.config)
+print("28-step schedule, first four:", [round(s, 3) for s in schedule[:4].tolist()],
+      " last four:", [round(s, 3) for s in schedule[-4:].tolist()])
+
+# %% [markdown]
+# The hand-written sampler and the pipeline, from the same noise, on the first photo (4 steps keep
+# it quick; the tests check other step counts). They agree to floating-point precision:
+
+# %%
+steps, height, width = 4, *target_pixels.shape[-2:]
+latent_noise = torch.randn(target_latents[:1].shape, generator=torch.Generator().manual_seed(7)).to(target_latents)
+aims = []
+by_hand = objective.euler_sample(pipe.transformer, control_latents[:1], first_text, latent_noise,
+                                 objective.pipeline_sigmas(steps, num_target_tokens, pipe.scheduler.config), aims=aims)
+with torch.no_grad():
+    by_pipeline = pipe(image=viz.to_pil(control_pixels[0]), prompt=items[0]["prompts"], num_inference_steps=steps,
+                       latents=latent_ops.pack(latent_noise), output_type="latent",
+                       **call_kwargs(pipe, height, width)).images
+print("largest difference, hand-written vs pipeline latents:",
+      f"{(latent_ops.pack(by_hand) - by_pipeline).abs().max().item():.1e}")
+
+# %% [markdown]
+# Each step aims at `x0_hat = x - sigma v_hat`. A model trained with `flow_matching` changes its
+# aim as the noise clears and ends at a draw; one trained with `posterior_mean` aims at the same
+# average image from every step, so the sampler moves on the straight line the objective trains on.
+# Here are the aims of the (barely trained) model above, step by step:
+
+# %%
+viz.image_grid([[latent_ops.decode(pipe.vae, aim)[0] for aim in aims] + [latent_ops.decode(pipe.vae, by_hand)[0]]],
+               col_titles=[f"aim at sigma {s:.2f}" for s in
+                           objective.pipeline_sigmas(steps, num_target_tokens, pipe.scheduler.config)[:-1].tolist()]
+               + ["result"]);
+
+# %% [markdown]
 # ## Summary
 #
 # - Training noises the target latent on a straight line, `x = (1 - sigma) x0 + sigma noise`, and
@@ -360,9 +407,10 @@ print("posterior-mean loss (clean-latent error):", round(estimate_step.loss.item
 #
 # **Exercise 1.** What share of training steps see little noise? With `objective.sample_sigmas`,
 # find the fraction of sigmas below 0.18 for uniform sampling, for logit-normal shifted with the
-# pipeline's mu for nano's 256 tokens, and with nano's recipe shift of -1.5. Which sigmas does the
-# sampler's last step use? *Hint:* `pipe.scheduler` after `pipe.scheduler.set_timesteps(28, mu=mu)`
-# holds them in `pipe.scheduler.sigmas`.
+# pipeline's mu for nano's 256 tokens, and with nano's recipe shift of -1.5. Which sigmas do the
+# sampler's last steps use? *Hint:* `objective.pipeline_sigmas(28, 256)` is the pipeline's schedule
+# (the tests check it against `pipe.scheduler.sigmas` after a call); `set_timesteps(28, mu=mu)` alone
+# starts from another grid and gives a different tail.
 #
 # **Exercise 2.** Check the identity behind `x0_hat`: with the *true* velocity `noise - x0`,
 # `x_sigma - sigma * v` gives `x0` back at every sigma. Then add a small error `e` to the velocity:

@@ -408,3 +408,46 @@ def test_every_objective_has_a_step_and_unknown_names_are_refused():
     assert objective.objective_step("posterior_mean") is objective.kontext_posterior_mean_step
     with pytest.raises(ValueError, match="objective"):
         objective.objective_step("sharpest")
+
+
+@pytest.mark.parametrize("steps", [1, 4, 28])
+def test_pipeline_sigmas_are_the_schedule_the_pipeline_steps_through(pipe, control_image, steps):
+    """The hand-written schedule equals what the pipeline's scheduler holds after a call: the
+    pipeline's linspace(1, 1/n, n), shifted with mu for 256 tokens, then 0 (not set_timesteps(n, mu))."""
+    with torch.no_grad():
+        pipe(image=control_image, prompt=PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE,
+             output_type="latent", generator=torch.Generator().manual_seed(0), **call_kwargs(pipe, SIDE, SIDE))
+    ours = objective.pipeline_sigmas(steps, TARGET_TOKENS, pipe.scheduler.config)
+    assert ours.dtype == torch.float32 and len(ours) == steps + 1
+    assert torch.equal(ours, pipe.scheduler.sigmas)
+    if steps == 28:  # the tail notebook 03 quotes
+        assert [round(v, 3) for v in ours[-4:].tolist()] == [0.165, 0.113, 0.058, 0.0]
+        pipe.scheduler.set_timesteps(28, mu=objective.calculate_shift(TARGET_TOKENS))
+        assert not torch.allclose(pipe.scheduler.sigmas, ours)  # the schedule set_timesteps alone gives differs
+
+
+def test_euler_sample_is_the_pipelines_sampler(pipe, control_image):
+    """Noise, control latents and prompt in; the pipeline's final latents out, to float precision."""
+    steps, seed = 6, 3
+    with torch.no_grad():
+        theirs = pipe(image=control_image, prompt=PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE,
+                      output_type="latent", generator=torch.Generator().manual_seed(seed),
+                      **call_kwargs(pipe, SIDE, SIDE)).images
+    noise = torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=torch.Generator().manual_seed(seed))
+    pixels = pipe.image_processor.preprocess(control_image, SIDE, SIDE)
+    control_latents = latent_ops.encode(pipe.vae, pixels)
+    with torch.no_grad():
+        embeds, pooled, text_ids = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, max_sequence_length=32)
+    text = objective.PromptEmbeddings(embeds, pooled, text_ids)
+    sigmas = objective.pipeline_sigmas(steps, TARGET_TOKENS, pipe.scheduler.config)
+    ours = objective.euler_sample(pipe.transformer, control_latents, text, noise, sigmas, GUIDANCE)
+    assert ours.shape == noise.shape
+    torch.testing.assert_close(latent_ops.pack(ours), theirs, rtol=0, atol=1e-5)
+    assert (ours - noise).abs().mean() > 0.1  # it moved: the comparison is not of two copies of the noise
+
+
+def test_pipeline_sigmas_refuses_schedules_it_does_not_reproduce():
+    with pytest.raises(ValueError, match="exponential shift only"):
+        objective.pipeline_sigmas(28, 256, {"use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="at least 1"):
+        objective.pipeline_sigmas(0, 256)

@@ -52,11 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="describe the nano components")
 
-    check = sub.add_parser("check-lora", help="restore held-out crops with and without a trained LoRA (plain diffusers)")
+    check = sub.add_parser("check-lora", help="restore test (or validation) crops with and without a trained LoRA "
+                           "(plain diffusers)")
     check.add_argument("lora_dir", type=Path, help="the training command's --output_dir")
     check.add_argument("--original_guide_flags", "--seed_flags", dest="original_guide_flags", action="store_true",
                        help="degrade with the original guide's flags (x8 down, noise 0.03, blur 1.2) instead of the "
                        "course's (--seed_flags: the old name)")
+    check.add_argument("--photos", choices=("test", "validation"), default="test",
+                       help="the 16 test crops (to report; default) or the 24 validation crops (to choose on)")
     return parser
 
 
@@ -73,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_lora(args) -> int:
     from ..lora import LORA_WEIGHT_NAME
+    from ..metrics import Spread
     from .evaluate import GUIDE_BAR, RESTORATION_BAR, check_restoration_lora
 
     if not (args.lora_dir / LORA_WEIGHT_NAME).is_file():
         sys.exit(f"error: {args.lora_dir} holds no {LORA_WEIGHT_NAME}; pass a training --output_dir.")
-    result = check_restoration_lora(args.lora_dir, GUIDE_BAR if args.original_guide_flags else RESTORATION_BAR)
-    print(json.dumps(result, indent=2))
+    result = check_restoration_lora(args.lora_dir, GUIDE_BAR if args.original_guide_flags else RESTORATION_BAR,
+                                    photo_set=args.photos)
+    spreads = result["spread"]
+    print(f"{result['num_images']} {args.photos} crops, {result['num_inference_steps']} steps; "
+          "PSNR mean ± std over the crops:")
+    for name in ("degraded", "base", "lora"):
+        print(f"  {name:9s} {Spread(**spreads[f'{name}_psnr'])} dB")
+    for name in ("lora_minus_base_db", "lora_minus_degraded_db"):
+        gain = Spread(**spreads[name])
+        print(f"  {name:23s} {gain.mean:+.2f} dB (paired std {gain.std:.2f}, standard error {gain.sem:.2f})")
+    print(json.dumps({key: value for key, value in result.items() if key != "per_image"}, indent=2))
     return 0
 
 

@@ -16,12 +16,12 @@ import torch
 from .. import latents as latent_ops
 from ..data import pil_to_tensor, tensor_to_pil
 from ..degradations import PRESETS, DegradationConfig, apply_degradation
-from ..metrics import psnr
+from ..metrics import paired_spread, psnr, spread
 from ..prompts import DEFAULT_INSTANCE_PROMPT
 from ..inference import restore_batch
 from .edits import EDITS, apply_edit
 from .model import NANO_RESOLUTION
-from .pool import held_out_batch
+from .pool import evaluation_batch, held_out_batch
 
 UNSEEN_INSTRUCTION = DEFAULT_INSTANCE_PROMPT
 """The course's restoration instruction, which nano's editor never saw while it was built."""
@@ -76,22 +76,28 @@ GUIDE_BAR = PRESETS["original_guide_command"]
 
 @torch.no_grad()
 def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = None, pipeline_dir=None,
-                           seed: int = 0, num_inference_steps: int | None = None) -> dict:
+                           seed: int = 0, num_inference_steps: int | None = None, photo_set: str = "test",
+                           pipe=None) -> dict:
     """The independent check of a trained nano restoration LoRA, through plain diffusers only.
 
     Exports nano as a standard diffusers folder (or uses `pipeline_dir`), loads it with
-    ``FluxKontextPipeline.from_pretrained``, and restores the held-out crops (`held_out_batch`: 16
-    crops at 64x64, never trained on) degraded with `degradation` (default `RESTORATION_BAR`), once
+    ``FluxKontextPipeline.from_pretrained``, and restores the crops of `photo_set` (`evaluation_batch`:
+    the 16 test crops at 64x64 by default, or the 24 validation crops to choose on; never trained
+    on) degraded with `degradation` (default `RESTORATION_BAR`), once
     without and once with ``load_lora_weights(lora_dir)``, as the original guide's inference snippet
     does: guidance 3.5, the pipeline's default number of steps, at the crops' own size, through
     `inference.restore_batch` and scored with `metrics.psnr` like every figure of the course.
 
     ``num_inference_steps`` (default: the pipeline's, as the snippet uses) is for tests of the
-    plumbing, which need not pay for 28 steps.
+    plumbing, which need not pay for 28 steps. ``pipe``: an already loaded plain
+    ``FluxKontextPipeline`` without LoRA (a study that checks many LoRAs loads it once); its LoRA is
+    unloaded again before returning.
 
     Returns:
         {"degraded_psnr", "base_psnr", "lora_psnr", "lora_minus_base_db", "lora_minus_degraded_db",
-        "num_images", "num_inference_steps"} with PSNRs in dB against the clean crops.
+        "num_images", "num_inference_steps", "photo_set", "degradation", "spread"} with PSNRs in dB
+        against the clean crops (means over the crops); "spread" holds `metrics.Spread` dicts of each
+        PSNR and of the paired gains, and "per_image" the per-crop PSNRs.
     """
     import tempfile
     from pathlib import Path
@@ -104,12 +110,13 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
 
     degradation = RESTORATION_BAR if degradation is None else degradation
     with tempfile.TemporaryDirectory() as scratch:
-        if pipeline_dir is None:
-            pipeline_dir = Path(scratch) / "nano"
-            build_nano_pipeline().save_pretrained(pipeline_dir, safe_serialization=True)
-        pipe = FluxKontextPipeline.from_pretrained(pipeline_dir)
+        if pipe is None:
+            if pipeline_dir is None:
+                pipeline_dir = Path(scratch) / "nano"
+                build_nano_pipeline().save_pretrained(pipeline_dir, safe_serialization=True)
+            pipe = FluxKontextPipeline.from_pretrained(pipeline_dir)
         pipe.set_progress_bar_config(disable=True)
-        clean = held_out_batch(NANO_RESOLUTION)
+        clean = evaluation_batch(photo_set, NANO_RESOLUTION)
         degraded = torch.stack([
             pil_to_tensor(apply_degradation(image, degradation, seed=seed + i)[0])
             for i, image in enumerate(tensor_to_pils(clean))
@@ -121,15 +128,25 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
 
         base = restore()
         pipe.load_lora_weights(str(lora_dir))
-        restored = restore()
-    results = {
-        "degraded_psnr": psnr(degraded, clean),
-        "base_psnr": psnr(base, clean),
-        "lora_psnr": psnr(restored, clean),
+        try:
+            restored = restore()
+        finally:
+            pipe.unload_lora_weights()
+    per_image = {name: psnr(images, clean, reduction="none")
+                 for name, images in (("degraded", degraded), ("base", base), ("lora", restored))}
+    results = {f"{name}_psnr": spread(values).mean for name, values in per_image.items()}
+    results.update({
         "num_images": len(clean),
         "num_inference_steps": steps,
+        "photo_set": photo_set,
         "degradation": " ".join(degradation.to_cli_flags()),
-    }
-    results["lora_minus_base_db"] = results["lora_psnr"] - results["base_psnr"]
-    results["lora_minus_degraded_db"] = results["lora_psnr"] - results["degraded_psnr"]
+        "lora_minus_base_db": results["lora_psnr"] - results["base_psnr"],
+        "lora_minus_degraded_db": results["lora_psnr"] - results["degraded_psnr"],
+        "per_image": per_image,
+        "spread": {
+            **{f"{name}_psnr": spread(values).as_dict() for name, values in per_image.items()},
+            "lora_minus_base_db": paired_spread(per_image["lora"], per_image["base"]).as_dict(),
+            "lora_minus_degraded_db": paired_spread(per_image["lora"], per_image["degraded"]).as_dict(),
+        },
+    })
     return results

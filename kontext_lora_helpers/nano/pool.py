@@ -2,7 +2,8 @@
 
 The pool is, by default, the ten photos of the course's `data_samples/` that the shipped nano was
 built from (`NANO_PHOTOS`; the LoRA trains on every photo there), or every photo under the folders
-given; plus, when scikit-image is installed, the photographs bundled with it; never a held-out one.
+given; plus, when scikit-image is installed, the photographs bundled with it; never a validation or
+test photo (`course.evaluation_dirs`).
 Crops are taken at random scales (an S-pixel window up to the whole short side, resized to SxS),
 flipped, rotated by multiples of 90 degrees and colour-jittered, so a handful of photos gives
 millions of distinct training images.
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..data import pil_to_tensor
-from ..course import HELD_OUT_DIRNAME, PACKAGE_DIR
+from ..course import EVALUATION_DIRNAMES, HELD_OUT_DIRNAME, PACKAGE_DIR, VALIDATION_DIRNAME
 from ..images import list_images, load_rgb
 
 REPO_DATA_SAMPLES = PACKAGE_DIR.parent / "data_samples"
@@ -43,13 +44,16 @@ NANO_PHOTOS = (
 
 
 def held_out_stems(data_samples: Path = REPO_DATA_SAMPLES) -> set[str]:
-    """File stems of the held-out photos, which no nano component may train on."""
-    folder = data_samples / HELD_OUT_DIRNAME
-    return {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
+    """File stems of the validation and test photos, which no nano component may train on."""
+    stems: set[str] = set()
+    for name in EVALUATION_DIRNAMES:
+        folder = data_samples / name
+        stems |= {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
+    return stems
 
 
 def default_image_paths(image_dirs=None, use_skimage: bool = True) -> list[Path]:
-    """Training photos for nano: every photo under `image_dirs` (without their `held_out/` folders),
+    """Training photos for nano: every photo under `image_dirs` (without their `validation/` and `held_out/` folders),
     or by default the `NANO_PHOTOS` of `data_samples/`; plus scikit-image's bundled photos when that
     package is installed. Held-out stems are excluded."""
     excluded = held_out_stems()
@@ -57,7 +61,7 @@ def default_image_paths(image_dirs=None, use_skimage: bool = True) -> list[Path]
     if image_dirs is None:
         paths += [REPO_DATA_SAMPLES / name for name in NANO_PHOTOS]
     for folder in map(Path, image_dirs or ()):
-        paths += list_images(folder, exclude=[folder / HELD_OUT_DIRNAME])
+        paths += list_images(folder, exclude=[folder / name for name in EVALUATION_DIRNAMES])
     if use_skimage:
         try:
             import skimage.data
@@ -124,10 +128,15 @@ class CropPool:
         return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops_per_image: int = 4, seed: int = 1234):
-    """Evaluation images no nano component trained on: for each held-out photo, the whole photo
-    (centre square, resized) and `crops_per_image - 1` random crops. Returns (N, 3, S, S) in [-1, 1]."""
-    paths = list_images(data_samples / HELD_OUT_DIRNAME)
+def photo_crops(folder: Path, size: int = 64, crops_per_image: int = 4, seed: int = 1234) -> torch.Tensor:
+    """Evaluation crops of every photo in `folder`: for each photo, the whole photo (centre square,
+    resized) and `crops_per_image - 1` random square windows of a random side between `size` and the
+    short side, resized to `size`. The same crops on every machine for one seed.
+
+    Returns:
+        (N, 3, S, S) float32 in [-1, 1], N = photos x crops_per_image, photo by photo in file order.
+    """
+    paths = list_images(folder)
     pool = CropPool(paths, size=size, seed=seed)
     rng = np.random.default_rng(seed)
     tensors = []
@@ -141,3 +150,26 @@ def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops
             x, y = rng.integers(0, image.width - window + 1), rng.integers(0, image.height - window + 1)
             tensors.append(pil_to_tensor(image.resize((size, size), Image.BICUBIC, box=(x, y, x + window, y + window))))
     return torch.stack(tensors)
+
+
+PHOTO_SETS = {"validation": VALIDATION_DIRNAME, "test": HELD_OUT_DIRNAME}
+"""The evaluation sets by name (`course`): choices are made on "validation", figures reported on "test"."""
+
+
+def evaluation_batch(photo_set: str = "test", size: int = 64, data_samples: Path = REPO_DATA_SAMPLES,
+                     crops_per_image: int = 4, seed: int = 1234) -> torch.Tensor:
+    """`photo_crops` of the course's validation or test photos: 24 validation crops (6 photos) or 16
+    test crops (4 photos) at the defaults. (N, 3, S, S) in [-1, 1].
+
+    Raises:
+        ValueError: for a set other than "validation" or "test".
+    """
+    if photo_set not in PHOTO_SETS:
+        raise ValueError(f"photo_set must be one of {sorted(PHOTO_SETS)}; got {photo_set!r} (the training "
+                         "photos are never used to evaluate)")
+    return photo_crops(data_samples / PHOTO_SETS[photo_set], size, crops_per_image, seed)
+
+
+def held_out_batch(size: int = 64, data_samples: Path = REPO_DATA_SAMPLES, crops_per_image: int = 4, seed: int = 1234):
+    """The test crops: `evaluation_batch("test", ...)`, 16 crops of the 4 test photos at the defaults."""
+    return evaluation_batch("test", size, data_samples, crops_per_image, seed)

@@ -70,15 +70,13 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
 """The settings whose default depends on the model: a `TrainConfig` field left at None takes its
 model's value here ("nano", or "flux" for every other model), filled in by `check_config`.
 
-* nano, each choice measured with the README's command on `nano check-lora`'s held-out crops
-  (500 steps, 28-step restorations, the PSNR of the pooled squared error; the base model gives
-  23.5 dB): ``posterior_mean`` ends the
-  sampler at the average restoration, which PSNR rewards (24.8 dB, against 24.1 for the best
-  flow-matching recipe); ``sigma_shift -1.5`` puts half the training noise levels below 0.18,
-  where the sampler's last steps refine that average (25.0 dB; the pipeline's own shift 24.8);
-  the weight average adds 0.07-0.09 dB (three runs); 3e-3 learns more in 500 steps than 1e-3
-  (+0.13 dB); crops of a quarter to all of a photo's short side show more textures at the scale
-  the model restores (+0.1 dB).
+* nano, each choice made on the validation photos (`tests/benchmarks/bench_recipe.py`: the
+  README's command, 500 steps, then `nano check-lora --photos validation`: 24 crops, 28-step
+  restorations): every one-setting change validated lower (see `NANO_RECIPE_MEASUREMENTS`).
+  ``posterior_mean`` ends the sampler at the average restoration, which PSNR rewards;
+  ``sigma_shift -1.5`` puts half the training noise levels below 0.18, where the sampler's last
+  steps refine that average; 3e-3 learns more in 500 steps than 1e-3; the weight average and the
+  crops of a quarter to all of the short side add a few hundredths of a decibel, about their spread.
 * FLUX.1-Kontext-dev: the original guide's learning rate and resolution, and the objective and
   shift it was trained with (``posterior_mean`` is untested at that scale), with the guide's
   whole-side crops.
@@ -106,22 +104,26 @@ class RecipeMeasurement:
 
 
 NANO_RECIPE_MEASUREMENTS: tuple[RecipeMeasurement, ...] = (
-    RecipeMeasurement("objective", "posterior_mean", "flow_matching", (0.7, 0.7),
-                      "24.8 against 24.1 dB, the best flow-matching run found (sigma shift 3); a single "
-                      "flow-matching restoration gave 22.6 dB, the average of six 24.2 dB"),
-    RecipeMeasurement("sigma_shift", "-1.5", "the pipeline's shift", (0.2, 0.2),
-                      "25.0 against 24.8 dB (shift -1: 24.9 with two seeds, -2: 24.85, uniform: 24.8)"),
-    RecipeMeasurement("ema_decay", "0.99", "0, no average", (0.07, 0.09),
-                      "three pairs of runs, with and without the average (25.01 and 25.03 dB with shift -1, "
-                      "25.05 with -1.5)"),
-    RecipeMeasurement("learning_rate", "3e-3", "1e-3", (0.13, 0.13), "one pair of runs"),
-    RecipeMeasurement("crop_scale", "0.25-1", "1, the whole short side", (0.1, 0.1), "one pair of runs"),
+    RecipeMeasurement("objective", "posterior_mean", "flow_matching", (3.74, 4.60),
+                      "validation: 25.62 against 21.45 dB (flow matching with the recipe's other settings; "
+                      "one draw per restoration)"),
+    RecipeMeasurement("sigma_shift", "-1.5", "the pipeline's shift (auto)", (0.17, 0.49),
+                      "validation: 25.62 against 25.30 dB"),
+    RecipeMeasurement("learning_rate", "3e-3", "1e-3", (0.16, 0.28), "validation: 25.62 against 25.40 dB"),
+    RecipeMeasurement("ema_decay", "0.99", "0, no average", (0.02, 0.10),
+                      "validation: 25.62 against 25.56 dB; earlier runs on other crops gave 0.07-0.09"),
+    RecipeMeasurement("crop_scale", "0.25-1", "1, the whole short side", (-0.02, 0.08),
+                      "validation: 25.62 against 25.59 dB, within the spread"),
 )
-"""What each choice of nano's recipe (`MODEL_RECIPES["nano"]`) measured, each with the README's
-command (500 steps of batch 4 at 64 px) on `nano check-lora`'s held-out crops, restored in 28 steps,
-PSNR of the pooled squared error (the base model: 23.5 dB). Compare them with each other: the
-notebooks and `metrics.psnr` average PSNR per image instead. None of these is measured on
-FLUX.1-Kontext-dev, which trains with flow matching (`MODEL_RECIPES["flux"]`)."""
+"""What each choice of nano's recipe (`MODEL_RECIPES["nano"]`) measured on the **validation**
+photos: the README's command (500 steps of batch 4 at 64 px) once as it is and once with one
+setting changed, each LoRA restoring the 24 validation crops in 28 steps (`nano check-lora --photos
+validation`, PSNR per crop then the mean). ``gain_db`` is the paired gain of the chosen value over
+the alternative, mean ± two standard errors over the 24 crops. Measured by
+`tests/benchmarks/bench_recipe.py` on 2 CPU cores (results in
+`tests/benchmarks/results/bench_recipe.json`); the test photos report the chosen recipe only
+(README). None of these is measured on FLUX.1-Kontext-dev, which trains with flow matching
+(`MODEL_RECIPES["flux"]`)."""
 
 # Settings that do not change which LoRA a run produces; another run that differs only in these is
 # "the same run" for the output-folder check.
@@ -186,7 +188,7 @@ class TrainConfig:
     mixed_precision="bf16"`` and see notebook 04 for memory settings.
 
     ``mixed_precision=None`` takes accelerate's setting (``accelerate config`` / ``launch``), else "no".
-    ``validation_dir=None`` uses the course's held-out photos when they exist; "none" turns
+    ``validation_dir=None`` uses the course's validation photos when they exist; "none" turns
     validation off. ``sigma_shift``: "auto" (the pipeline's mu for the target token count), "none"
     (unshifted) or a number mu (negative: more low noise levels). ``objective``: "flow_matching"
     (diffusers' Kontext objective: the sampler draws a plausible restoration) or "posterior_mean"
@@ -258,9 +260,9 @@ class TrainConfig:
     # validation and logging
     validation_steps: int = _validation(100, "validate every N steps (0: only before and after training)",
                                         type=non_negative_int)
-    num_validation_images: int = _validation(4, "held-out photos restored at each validation", type=positive_int)
-    validation_dir: str | None = _validation(None, "held-out clean photos (default: data_samples/held_out); "
-                                             "'none' turns validation off")
+    num_validation_images: int = _validation(4, "validation photos restored at each validation", type=positive_int)
+    validation_dir: str | None = _validation(None, "clean photos never trained on (default: the course's "
+                                             "data_samples/validation); 'none' turns validation off")
     validation_inference_steps: int = _validation(20, "denoising steps of each validation restoration",
                                                   type=positive_int)
     report_to: str = _validation("none", "where to log losses besides the console", choices=REPORT_TO_CHOICES)
@@ -429,18 +431,22 @@ def parse_sigma_shift(value) -> str | float:
         raise ConfigError(f"--sigma_shift must be 'auto', 'none' or a number; got {value!r}") from None
 
 
-def _default_validation_dir() -> Path | None:
-    from ..course import held_out_dir
-
+def _course_folder(which) -> Path | None:
     try:
-        folder = held_out_dir()
+        folder = which()
     except FileNotFoundError:
         return None
     return folder if folder.is_dir() else None
 
 
+def _default_validation_dir() -> Path | None:
+    from ..course import validation_dir
+
+    return _course_folder(validation_dir)
+
+
 def resolve_validation_dir(config: TrainConfig) -> Path | None:
-    """The held-out folder this run validates on, or None for no validation."""
+    """The folder this run validates on (default: the course's validation photos), or None for no validation."""
     value = config.validation_dir
     if value is None or str(value).strip().lower() == "auto":
         return _default_validation_dir()
@@ -458,11 +464,14 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 
 def _training_excludes(config: TrainConfig) -> list[Path]:
-    """Held-out folders under --hr_root, left out of training: the validation folder and the
-    course's ``data_samples/held_out`` (even with validation off, it is never trained on)."""
+    """Folders under --hr_root left out of training: the validation folder and the course's
+    validation and test photos (``data_samples/validation``, ``data_samples/held_out``; even with
+    validation off, neither is ever trained on)."""
+    from ..course import test_dir
+
     if not config.hr_root:
         return []
-    folders = [resolve_validation_dir(config), _default_validation_dir()]
+    folders = [resolve_validation_dir(config), _default_validation_dir(), _course_folder(test_dir)]
     excludes = []
     for folder in folders:
         if folder is not None and folder not in excludes and _is_inside(folder, Path(config.hr_root)):
