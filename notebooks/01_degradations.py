@@ -63,7 +63,7 @@ if os.path.isdir(COURSE_DIR):  # on Colab, also after a restart: work in the cou
 import matplotlib
 
 from kontext_lora_helpers import viz
-from kontext_lora_helpers.course import held_out_dir, outputs
+from kontext_lora_helpers.course import evaluation_dirs, held_out_dir, outputs
 from kontext_lora_helpers.degradations import (
     ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation,
 )
@@ -72,7 +72,7 @@ from kontext_lora_helpers.viz_degradations import (
     prepare_photo, severity_sweep, show_operations, show_sweep, zoom_box,
 )
 
-# A held-out photo (nothing in the course trains on it), as the 320 px square training would crop.
+# A test photo (nothing in the course trains on it), as the 320 px square training would crop.
 photo = prepare_photo(load_rgb(held_out_dir() / "china.jpg"), 320)
 ZOOM_CENTER = (0.4, 0.4)  # the pillars and the roof against the sky: edges show damage best
 # 72 dpi: a row of five photos fits the page without the browser shrinking it, and the notebook
@@ -169,8 +169,10 @@ show_sweep(sweep, "noise_level", center=ZOOM_CENTER);
 # parameters. Three ready-made recipes live in `PRESETS`:
 #
 # * `"original_guide"`: the original guide's four operations at their defaults;
-# * `"realesrgan"`: Real-ESRGAN's *second-order* pipeline: blur, downsample, noise and JPEG, then
-#   all of it again, milder. Photos that were shared, re-saved and shared again look like this;
+# * `"realesrgan"`: a Real-ESRGAN-style *second-order* pipeline: blur, resize, noise and JPEG,
+#   twice, the second round with milder blur and noise but stronger downsampling (each kind of noise
+#   drawn with probability one half, so a round may have none; no sinc filter). Photos that were
+#   shared, re-saved and shared again look like this;
 # * `"old_photo"`: a faded, tinted, grainy, scratched print, scanned softly and saved as JPEG.
 
 # %%
@@ -201,7 +203,8 @@ viz.show_images([image for image, _ in draws], titles);
 # ## 5. Reproducible, and recorded
 #
 # Every call draws its random numbers from a seed. The same photo, recipe and seed give the same
-# bytes, on every machine; this is what lets a dataset rebuild epoch 3 exactly, and lets you
+# bytes with the same library versions (JPEG and resampling builds may differ by a level between
+# machines); this is what lets a dataset rebuild epoch 3 exactly, and lets you
 # compare two trainings on identical inputs.
 
 # %% tags=["nbval-check-output"]
@@ -326,14 +329,14 @@ except FileExistsError as error:
 # %% [markdown]
 # Finally, `DegDataset(config=...)` trains with the recipe. Each item is a pixel-aligned pair of
 # tensors `(3, R, R)` in `[-1, 1]` with its prompt; notebook 02 looks at these pairs closely.
-# The held-out photos stay out of training.
+# The validation and test photos stay out of training.
 
 # %%
 from kontext_lora_helpers.course import data_samples
 from kontext_lora_helpers.data import DegDataset
 
 dataset = DegDataset(os.path.relpath(data_samples()), "Restore this degraded photograph to high fidelity", config=config,
-                     resolution=256, prompt_mode="described", exclude=[held_out_dir()])
+                     resolution=256, prompt_mode="described", exclude=evaluation_dirs())
 items = [dataset[i] for i in range(4)]
 print(dataset)
 print(items[0]["prompts"])
@@ -378,3 +381,15 @@ viz.image_grid([[item["control"] for item in items], [item["target"] for item in
 # **Exercise 4.** Order matters: apply noise then JPEG, and JPEG then noise (same parameters,
 # `degradation_order="listed"`), to the photo and compare PSNR and the zoomed pictures. Which order
 # does a real photo shared on the web go through?
+
+# %% [markdown]
+# ## References
+#
+# - X. Wang, L. Xie, C. Dong, Y. Shan. *Real-ESRGAN: Training Real-World Blind Super-Resolution with
+#   Pure Synthetic Data.* ICCV Workshops 2021, arXiv:2107.10833: the high-order degradation model
+#   (Section 3) that the `realesrgan` preset imitates (without its sinc filter).
+# - K. Zhang, J. Liang, L. Van Gool, R. Timofte. *Designing a Practical Degradation Model for Deep
+#   Blind Image Super-Resolution* (BSRGAN). ICCV 2021: random shuffles of blur, resizing, noise and JPEG.
+# - The original guide (`docs/original_guide.md`): `DegDataset`, `apply_degradation` and its four
+#   degradation types and flags.
+# - Code: Pillow's resampling, Gaussian blur and JPEG encoder do the pixel work (`degradations`).

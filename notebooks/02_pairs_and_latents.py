@@ -57,7 +57,7 @@ import os
 import torch
 
 from kontext_lora_helpers import gpu_settings, latents, viz
-from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
+from kontext_lora_helpers.course import data_samples, evaluation_dirs, held_out_dir, outputs
 from kontext_lora_helpers.data import DegDataset, PairedDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.models import describe_pipeline, format_description, load_pipeline, native_resolution
@@ -73,12 +73,13 @@ print(format_description(describe_pipeline(pipe)))
 #
 # `DegDataset` reads clean photos, crops a square of `resolution` pixels, and degrades a copy of
 # the crop. Both come back as tensors `(3, H, W)` in `[-1, 1]`, together with the prompt and a
-# record of exactly what was applied. The held-out photos are left out: they are for judging.
+# record of exactly what was applied. The validation and test photos are left out: they are for
+# choosing and judging.
 
 # %%
 dataset = DegDataset(
     os.path.relpath(data_samples()), "Restore this degraded photograph to high fidelity",
-    config=PRESETS["course"], resolution=RESOLUTION, seed=0, exclude=[held_out_dir()],
+    config=PRESETS["course"], resolution=RESOLUTION, seed=0, exclude=evaluation_dirs(),
 )
 print(dataset)
 items = [dataset[i] for i in range(4)]
@@ -151,8 +152,8 @@ print(f"scaled latents: mean {stats['mean']:+.3f}, std {stats['std']:.3f}")
 
 # %% [markdown]
 # Sixteen channels, each a small map of the image. Some channels follow brightness, some colour,
-# some edges. The degraded control's latent is visibly smoother: noise and blur live in latent space
-# too, and that is what the LoRA learns to undo.
+# some edges. The degraded control's latent is grainier, with softer edges: noise and blur live in
+# latent space too, and that is what the LoRA learns to undo.
 
 # %%
 viz.show_latent_channels(target_latents[0], title="target latent");
@@ -161,8 +162,10 @@ viz.show_latent_channels(control_latents[0], title="control latent");
 # %% [markdown]
 # ## 5. What does the VAE lose?
 #
-# The LoRA can never be sharper than the VAE's round trip, so measure it first: encode, decode,
-# compare. PSNR is in dB; every +6 dB halves the error.
+# Every restored image comes out of the VAE's decoder, so the round trip of the clean photo is
+# roughly the best a restoration through it can reach (not a strict bound: some other latent may
+# decode a little closer to the photo). Measure it first: encode, decode, compare. PSNR is in dB;
+# every +6 dB halves the error.
 
 # %%
 reconstruction, psnr = latents.round_trip(pipe.vae, target)
@@ -254,7 +257,7 @@ viz.show_images([photo, *edited[:3], degraded, edited[3]],
 # * `DegDataset` makes pixel-aligned pairs from clean photos, `PairedDataset` reads real
 #   degraded/clean folders; both give `(3, H, W)` tensors in `[-1, 1]` with a prompt and a record.
 # * The VAE encodes each image to 16 latent channels (FLUX: 8x smaller per side, nano: 2x), with a
-#   shift and a scale; its round trip bounds how close any restoration can get.
+#   shift and a scale; its round trip of the clean photo is roughly the best a restoration can reach.
 # * Latents are packed into 2x2-patch tokens with `(frame, row, col)` ids; Kontext reads text
 #   tokens, noisy target tokens (frame 0) and control tokens (frame 1) in one sequence, plus the
 #   timestep and the distilled guidance value.
@@ -266,7 +269,7 @@ viz.show_images([photo, *edited[:3], degraded, edited[3]],
 #
 # Solutions that run are in `solutions.ipynb` (section 02).
 #
-# **Exercise 1.** The VAE round trip bounds every restoration. Measure it on the *degraded*
+# **Exercise 1.** The VAE round trip is about the ceiling of every restoration. Measure it on the *degraded*
 # controls too: does the VAE keep the noise, or does it clean some of it away? What would it mean
 # for the LoRA if it did? *Hint:* `latents.round_trip(pipe.vae, control)` and
 # `metrics.psnr` against the clean targets.
@@ -284,3 +287,20 @@ viz.show_images([photo, *edited[:3], degraded, edited[3]],
 # 3.5 and 7.0 (same seed) and compare. Nano's pretraining always fed 3.5: what do you expect from
 # the other values, and what do you see?
 
+# %% [markdown]
+# ## References
+#
+# - Black Forest Labs. *FLUX.1 Kontext: Flow Matching for In-Context Image Generation and Editing
+#   in Latent Space.* 2025, arXiv:2506.15742, Section 3: the context image's tokens appended after
+#   the target's, told apart by a constant offset in the first position index.
+# - R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer. *High-Resolution Image Synthesis with
+#   Latent Diffusion Models.* CVPR 2022, arXiv:2112.10752: generating in a VAE's latent space.
+# - P. Esser et al. *Scaling Rectified Flow Transformers for High-Resolution Image Synthesis* (SD3).
+#   ICML 2024, arXiv:2403.03206: the joint text-image attention (MM-DiT) FLUX's double blocks follow.
+# - J. Su et al. *RoFormer: Enhanced Transformer with Rotary Position Embedding.* arXiv:2104.09864:
+#   the rotary position embedding the three position ids feed.
+# - J. Ho, T. Salimans. *Classifier-Free Diffusion Guidance.* arXiv:2207.12598; C. Meng et al. *On
+#   Distillation of Guided Diffusion Models.* CVPR 2023, arXiv:2210.03142: guidance distilled into
+#   a model that takes the guidance scale as an input, as FLUX.1-dev and Kontext-dev do.
+# - Code: diffusers' `pipeline_flux_kontext.py` (`_pack_latents`, `_prepare_latent_image_ids`,
+#   `prepare_latents`), which `latents` reproduces and the tests compare with.

@@ -27,7 +27,7 @@
 # 3. **Nano's recipe**: the three choices this course adds for nano, each with its measurement.
 # 4. **The run**, with the same function the command line calls (`kontext_lora_helpers.train.train`),
 #    a live loss curve and the validation PSNR as it trains.
-# 5. **Before and after**: the held-out photos restored by the base model and by base + LoRA.
+# 5. **Before and after**: the validation photos restored by the base model and by base + LoRA.
 # 6. **What the run leaves behind**, and how to resume it.
 # 7. **The real model on a GPU**: settings and memory for a Colab T4, an L4 and an A100.
 #
@@ -63,7 +63,7 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from kontext_lora_helpers import gpu_settings, lora, objective, viz
-from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
+from kontext_lora_helpers.course import data_samples, evaluation_dirs, outputs
 from kontext_lora_helpers.data import DegDataset
 from kontext_lora_helpers.degradations import PRESETS
 from kontext_lora_helpers.latents import image_token_count
@@ -107,8 +107,9 @@ print(command_line(config.replace(hr_root=os.path.relpath(data_samples(), root),
 # Before handing the work to `train()`, here is the step it repeats, written out with notebook
 # 03's functions: encode the pair with the frozen VAE, draw a noise level per sample and the noise,
 # predict the velocity from the noisy target, the control tokens and the prompt, and take an AdamW
-# step on the LoRA alone. This is plain **flow matching**, the objective FLUX.1-Kontext-dev trains
-# with. Forty steps on the training photos (never the held-out ones):
+# step on the LoRA alone. This is plain **flow matching**, Kontext's training objective (the
+# released FLUX.1-Kontext-dev was in addition guidance-distilled, notebook 02). Forty steps on the
+# training photos (never the validation or test ones):
 
 # %%
 settings = check_config(config)  # the model's recipe filled in: resolution, learning rate, crops...
@@ -118,7 +119,7 @@ lora.add_lora(pipe.transformer, rank=settings.rank)
 if RUN.gradient_checkpointing:
     pipe.transformer.enable_gradient_checkpointing()
 pairs = DegDataset(settings.hr_root, settings.instance_prompt, config=degradation, resolution=settings.resolution,
-                   crop_scale=settings.crop_scale, seed=0, exclude=[held_out_dir()])
+                   crop_scale=settings.crop_scale, seed=0, exclude=evaluation_dirs())
 loader = torch.utils.data.DataLoader(pairs, batch_size=settings.train_batch_size, shuffle=True,
                                      generator=torch.Generator().manual_seed(0))
 prompts = objective.PromptEmbeddingCache(pipe, max_sequence_length_for(pipe))
@@ -151,8 +152,10 @@ show_figure(loss_curve_figure(range(1, len(hand_losses) + 1), hand_losses,
                               title=f"the loop above: {HAND_STEPS} steps of flow matching"))
 
 # %% [markdown]
-# The loss per step jumps with the noise levels drawn for the batch (a batch of high sigmas is
-# harder than one of low sigmas); the moving average shows the trend. `train()` runs exactly these
+# The loss per step jumps with the noise levels drawn for the batch: with the control image in
+# view, a batch of low sigmas has the larger velocity error (the noise cannot be read off an almost
+# clean latent) and a batch of high sigmas the smaller (notebook 03, section 4, prints one per
+# sample); the moving average shows the trend. `train()` runs exactly these
 # stages (`train.training_loss`), plus what a real run needs: noise drawn from (seed, epoch, index)
 # so that a resumed run repeats it, gradient accumulation and clipping, a learning-rate schedule,
 # mixed precision and several GPUs through accelerate, validation, checkpoints and a progress bar.
@@ -168,33 +171,37 @@ if torch.cuda.is_available():
 # ## 3. Nano's recipe
 #
 # Trained like the loop above, for 500 steps, nano's LoRA gains on the base model, but three
-# choices gain more. They are this course's own recipe for **nano**, measured on nano, and
-# `train()` uses them when `MODEL` is nano:
+# choices gain more. They are this course's own recipe for **nano**, chosen on the validation
+# photos (never on the test photos that report the result), and `train()` uses them when `MODEL`
+# is nano:
 #
 # * **`objective="posterior_mean"` instead of flow matching.** Flow matching teaches the model to
-#   *draw* a plausible clean image; on a 64 px crop this noisy, two draws differ, and a draw scores
-#   about 3 dB below the average of all draws (notebook 03, section 8). The posterior-mean objective
+#   *draw* a plausible clean image; on a 64 px crop this noisy, two draws differ, and for an exact
+#   posterior sampler a draw's squared error is twice the average's, 3 dB (notebook 03, section 8). The posterior-mean objective
 #   trains the points the sampler visits so that it ends at the average: smoother, higher PSNR.
 # * **`sigma_shift=-1.5`**: half the training noise levels below 0.18, where the sampler's last
 #   steps refine that average.
 # * **`ema_decay=0.99`**: at learning rate 3e-3 the weights jitter around their goal; the LoRA
 #   saved is the moving average of about the last hundred steps.
 #
-# What each gained, every pair of runs with the same command and 500 steps
-# (`train.NANO_RECIPE_MEASUREMENTS`, which also holds the two smaller choices of section 1):
+# What each gained on the 24 validation crops, the README's command with one setting changed at a
+# time, 500 steps each (`train.NANO_RECIPE_MEASUREMENTS`, from `tests/benchmarks/bench_recipe.py`;
+# the bars are the paired gain ± two standard errors over the crops; it also holds the two smaller
+# choices of section 1, whose gains are within their spread):
 
 # %%
 recipe_measurements_figure(NANO_RECIPE_MEASUREMENTS);
 
 # %% [markdown]
-# **The real model trains with plain flow matching**, the pipeline's own sigma shift and no weight
-# average (`train.MODEL_RECIPES["flux"]`): that is how FLUX.1-Kontext-dev was trained and what
-# diffusers' Kontext scripts do, and none of nano's choices has been measured at its scale.
+# **The real model trains with plain flow matching**, logit-normal sigmas shifted as the pipeline
+# shifts them and no weight average (`train.MODEL_RECIPES["flux"]`): Kontext's own objective
+# (diffusers' Kontext script also uses flow matching, but draws sigmas uniformly and unshifted by
+# default), and none of nano's choices has been measured at its scale.
 # Exercise 1 compares the two objectives on nano for yourself.
 #
 # ## 4. The run
 #
-# Every 100 steps the run restores the held-out photos and measures them, and writes a checkpoint
+# Every 100 steps the run restores the validation photos and measures them, and writes a checkpoint
 # it can resume from. The loss per step (blue) and its moving average show the training (with
 # `posterior_mean`, the loss is the error of the clean latents, not of a velocity); the validation
 # PSNR (orange, right axis) shows what it is for.
@@ -328,7 +335,8 @@ print(command_line(t4, launcher="accelerate launch -m"))
 # * Nano trains with this course's measured recipe (posterior mean, shift -1.5, a weight average);
 #   the real model trains with plain flow matching, as it was trained.
 # * The run leaves a diffusers LoRA file, its settings, its metrics and resumable checkpoints; on a
-#   GPU, a quantized base, cached prompts, checkpointing and 8-bit Adam fit a 12 B model on a T4.
+#   GPU, a quantized base, cached prompts, checkpointing and 8-bit Adam are expected to fit a 12 B
+#   model on a T4 (an estimate: `preflight` measures it on your card).
 #
 # Next, notebook 05 restores photos with this LoRA, measures it and exports it.
 #
@@ -341,7 +349,8 @@ print(command_line(t4, launcher="accelerate launch -m"))
 # **Exercise 1.** *Flow matching or the posterior mean?* Train two LoRAs for the same number of
 # steps from `config`, one with `objective="flow_matching"` (and the pipeline's shift,
 # `sigma_shift="auto"`) and one with nano's `"posterior_mean"`, and compare their validation PSNR
-# in `metrics.json`. Is the gap of section 3 there after a few dozen steps already?
+# in `metrics.json`. Is the gap of section 3 there after a few dozen steps already? (Both runs
+# validate on the same validation photos with the same noise, so the difference is the objective's.)
 # *Hint:* `config.replace(objective=..., sigma_shift=..., max_train_steps=..., output_dir=...)`.
 #
 # **Exercise 2.** *L2 alone or L2 + VGG?* The original guide adds a perceptual term
@@ -349,8 +358,27 @@ print(command_line(t4, launcher="accelerate launch -m"))
 # `perceptual_loss=True` and compare PSNR, SSIM and seconds per step. On a CPU use
 # `vgg_weights="random"` (no download); on a GPU the ImageNet weights are the real thing.
 #
-# **Exercise 3.** *A degradation the LoRA never saw.* Damage the held-out photos with JPEG at
+# **Exercise 3.** *A degradation the LoRA never saw.* Damage the validation photos with JPEG at
 # quality 15 only, and restore them with this notebook's LoRA: does it help, hurt, or do nothing?
 # Then train a short LoRA on that JPEG degradation and measure it on the same photos. Explain the
 # difference. *Hint:* `DegradationConfig(degradation_types=("jpeg",), jpeg_quality=15)`, and
 # `train.Validator` is not needed: `metrics.json` holds the validation PSNR.
+
+# %% [markdown]
+# ## References
+#
+# - Black Forest Labs, FLUX.1 Kontext, arXiv:2506.15742, Section 3: Kontext's rectified-flow
+#   training objective; the released FLUX.1-Kontext-dev is in addition guidance-distilled.
+# - E. J. Hu et al., LoRA, arXiv:2106.09685.
+# - T. Dettmers, A. Pagnoni, A. Holtzman, L. Zettlemoyer. *QLoRA: Efficient Finetuning of Quantized
+#   LLMs.* NeurIPS 2023, arXiv:2305.14314: LoRA on a 4-bit NF4 base.
+# - T. Dettmers, M. Lewis, S. Shleifer, L. Zettlemoyer. *8-bit Optimizers via Block-wise
+#   Quantization.* ICLR 2022, arXiv:2110.02861: 8-bit Adam.
+# - T. Chen, B. Xu, C. Zhang, C. Guestrin. *Training Deep Nets with Sublinear Memory Cost.*
+#   arXiv:1604.06174: gradient checkpointing.
+# - I. Loshchilov, F. Hutter. *Decoupled Weight Decay Regularization* (AdamW). ICLR 2019, arXiv:1711.05101.
+# - B. T. Polyak, A. B. Juditsky. *Acceleration of Stochastic Approximation by Averaging.* SIAM J.
+#   Control Optim. 1992: averaging the weights (`--ema_decay`).
+# - Code: diffusers' `examples/dreambooth/train_dreambooth_lora_flux_kontext.py` (the Kontext LoRA
+#   trainer this loop matches step for step, `tests/benchmarks/diffusers_reference_step.py`) and
+#   accelerate's `Accelerator` (mixed precision, several GPUs, checkpoints).

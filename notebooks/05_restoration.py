@@ -63,13 +63,13 @@ from safetensors import safe_open
 
 from kontext_lora_helpers import export, gpu_settings, restore, viz
 from kontext_lora_helpers.classical import classical_restore, tune_strength
-from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
+from kontext_lora_helpers.course import outputs, test_dir, validation_dir
 from kontext_lora_helpers.degradations import PRESETS, degrade_each
 from kontext_lora_helpers.evaluate import evaluate_folders, format_table
 from kontext_lora_helpers.images import centre_window, list_images, load_rgb
 from kontext_lora_helpers.latents import pixel_multiple
 from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
-from kontext_lora_helpers.metrics import psnr
+from kontext_lora_helpers.metrics import paired_spread, psnr, spread
 from kontext_lora_helpers.nano import __main__ as nano_command
 from kontext_lora_helpers.models import load_pipeline, model_source, native_resolution, quiet_library_output
 from kontext_lora_helpers.viz_degradations import prepare_photo
@@ -113,8 +113,11 @@ print(f"{MODEL}: native size {NATIVE} px, image sides in multiples of {MULTIPLE}
 # %% [markdown]
 # ## 1. Degraded inputs
 #
-# The held-out photos (nothing in the course trains on them), degraded with the training recipe
-# by a fixed seed per photo, in two versions:
+# The course keeps three sets of photos apart (`data_samples/SOURCES.md`): the LoRA trained on the
+# **training** photos; every choice below (the LoRA's strength, the classical denoiser's) is made on
+# the 6 **validation** photos; and the 4 **test** photos only report, once everything is chosen.
+# Nothing trains on the last two. The test photos, degraded with the training recipe by a fixed
+# seed per photo, in two versions:
 #
 # * **at the training size**: centre squares of 64 px, the size nano works at and the LoRA
 #   learnt at, as training crops them. Sections 4 and 5 score these.
@@ -123,8 +126,9 @@ print(f"{MODEL}: native size {NATIVE} px, image sides in multiples of {MULTIPLE}
 #   same recipe is applied at this scale.
 
 # %%
-photos = list_images(held_out_dir())
+photos = list_images(test_dir())  # the test photos: they report
 names = [path.name for path in photos]
+validation_photos = list_images(validation_dir())  # the validation photos: they choose
 
 
 clean = [prepare_photo(load_rgb(path), RESOLUTION) for path in photos]
@@ -187,9 +191,10 @@ for image, restored in zip(degraded_own[:1] + degraded[:1], lora_own[:1] + lora_
 # restored 8 per pipeline call: several seconds on a CPU, against a fraction of a second whole).
 #
 # Note what the nano LoRA saw in training: squares covering a quarter to all of a photo's short
-# side, resized to 64 px (`TrainConfig.crop_scale` 0.25-1). A 64 px tile of the photo at its full
-# resolution is a much smaller window than any of them, content at another scale; a LoRA for tiled
-# use would be trained on crops of that scale (a smaller `crop_scale`, or photos stored smaller).
+# side, resized to 64 px (`TrainConfig.crop_scale` 0.25-1), 72 to 512 px windows of the training
+# photos. A 64 px tile of a photo at its full resolution is a smaller window than the smallest of
+# them, content at a finer scale; a LoRA for tiled use would be trained on crops of that scale (a
+# smaller `crop_scale`, or photos stored smaller).
 
 # %%
 lora_tiled = restore.restore_image(pipe, degraded_own[index], seed=SEED, tile=True, batch_size=8)
@@ -265,19 +270,26 @@ print(format_table(result))
 gains = result["mean"]["gains"]
 scores = result["mean"]["scores"]
 ceiling = vae_ceiling_psnr(pipe, clean)
-print(f"VAE round trip of the clean photos (about the ceiling): {np.mean(ceiling):.2f} dB")
-print(f"base model:   {scores['base']['psnr']:.2f} dB, "
-      f"{scores['base']['psnr'] - scores['degraded']['psnr']:+.2f} dB over the degraded input")
-print(f"base + LoRA:  {scores['restored']['psnr']:.2f} dB, {gains['psnr_vs_degraded']:+.2f} dB over the degraded input, "
-      f"{gains['psnr_vs_base']:+.2f} dB over the base model")
+per_photo = {method: [row["scores"][method]["psnr"] for row in result["images"]]
+             for method in ("degraded", "base", "restored")}
+print(f"VAE round trip of the clean photos (about the ceiling): {spread(ceiling)} dB")
+print(f"base model:   {spread(per_photo['base'])} dB, "
+      f"{paired_spread(per_photo['base'], per_photo['degraded']).mean:+.2f} dB over the degraded input")
+lora_gain = paired_spread(per_photo["restored"], per_photo["base"])
+print(f"base + LoRA:  {spread(per_photo['restored'])} dB, {gains['psnr_vs_degraded']:+.2f} dB over the degraded input, "
+      f"{lora_gain.mean:+.2f} ± {lora_gain.std:.2f} dB over the base model (mean ± std over {lora_gain.n} photos)")
 
 # %% [markdown]
-# How to read these numbers on nano: its VAE reconstructs clean 64 px photos at about 36 dB, far
-# above every line here, and the base model, asked to restore, returns its input as the VAE
+# How to read these numbers on nano: its VAE reconstructs these clean 64 px photos at about 36 dB,
+# far above every line here, and the base model, asked to restore, returns its input as the VAE
 # represents it: a little smoother than the degraded input, so about a decibel above it, and no
-# more. Everything the LoRA adds over the base model is restoration it learned; notebook 04's
-# short run gets most of what the README's 500-step command reaches, and the last line is what
-# this run measured. With FLUX.1-Kontext-dev the same two cells measure the real model.
+# more. Everything the LoRA adds over the base model is restoration it learned. Each figure is a
+# mean ± the standard deviation over the 4 test photos; the photos differ far more from each other
+# than the methods do, so for "the LoRA beats the base model" the spread that counts is that of the
+# per-photo gain (the last line), and 4 photos make even that a rough figure. The README's check
+# (`nano check-lora`) reports the 500-step recipe on 16 test crops instead. Notebook 04's
+# validation figures came from the *validation* photos at 20 steps, so they differ from these.
+# With FLUX.1-Kontext-dev the same two cells measure the real model.
 #
 # ## 5. How strong should the LoRA be?
 #
@@ -286,12 +298,30 @@ print(f"base + LoRA:  {scores['restored']['psnr']:.2f} dB, {gains['psnr_vs_degra
 # blend, and values above 1 exaggerate it. `lora_scale_sweep` restores the same images at each
 # scale (through `restore.restore_images`, same seed) and scores them; afterwards the LoRA is back
 # at its own scale. With several LoRAs loaded, each is multiplied, so their mix is kept.
+#
+# The scale is a choice, so it is made on the validation photos: the sweep runs there, the best
+# scale is kept, and only then are the test photos measured at it.
 
 # %%
-points = lora_scale_sweep(pipe, loras, degraded, clean, scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25), seed=SEED)
-for point in points:
-    print(f"lora_scale {point.scale:4.2f}: mean PSNR {point.mean_psnr:.2f} dB, mean SSIM {point.mean_ssim:.3f}")
-plot_scale_sweep(points, references={"degraded input": scores["degraded"]["psnr"], "VAE ceiling": float(np.mean(ceiling))});
+SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+validation_clean = [prepare_photo(load_rgb(path), RESOLUTION) for path in validation_photos]
+validation_degraded = degrade_each(validation_clean, DEGRADATION)
+validation_points = lora_scale_sweep(pipe, loras, validation_degraded, validation_clean, scales=SCALES, seed=SEED)
+for point in validation_points:
+    print(f"lora_scale {point.scale:4.2f}: validation PSNR {spread(point.psnr)} dB, mean SSIM {point.mean_ssim:.3f}")
+chosen = max(validation_points, key=lambda point: point.mean_psnr)
+print(f"chosen on the {len(validation_photos)} validation photos: lora_scale {chosen.scale:g}")
+plot_scale_sweep(validation_points, references={
+    "degraded input": float(np.mean([psnr(d, c) for d, c in zip(validation_degraded, validation_clean)])),
+    "VAE ceiling": float(np.mean(vae_ceiling_psnr(pipe, validation_clean)))});
+
+# %% [markdown]
+# The test photos at the chosen scale, and, for the pictures below, at every scale:
+
+# %%
+points = lora_scale_sweep(pipe, loras, degraded, clean, scales=SCALES, seed=SEED)
+at_chosen = next(point for point in points if point.scale == chosen.scale)
+print(f"test photos at lora_scale {chosen.scale:g}: {spread(at_chosen.psnr)} dB (mean ± std over {len(photos)} photos)")
 
 # %% [markdown]
 # Scale 0 and scale 1 are the base model and the LoRA of section 2, pixel for pixel, since the
@@ -311,8 +341,9 @@ viz.image_grid([[point.images[index] for point in points] + [clean[index]]],
 
 # %% [markdown]
 # The scale is a knob for the finished LoRA: `load_loras(pipe, [path], [0.75])` in Python,
-# `--lora_scale 0.75` on the command line. Choose it on held-out photos like these, never on the
-# training photos, and remember that PSNR rewards smooth, safe answers: a scale that looks
+# `--lora_scale 0.75` on the command line. Choose it on validation photos, never on the photos
+# that then report the result (the best scale in hindsight on the test photos would overstate what
+# a new photo gets), and remember that PSNR rewards smooth, safe answers: a scale that looks
 # sharper can score lower. On nano the curve mostly says how far the LoRA moves the output away
 # from the base model's smoothing; run the same cell with the real model and its own LoRA before
 # settling on a scale for it.
@@ -322,27 +353,27 @@ viz.image_grid([[point.images[index] for point in points] + [clean[index]]],
 # A gain over the degraded input says the LoRA helps; it does not say whether a restoration needed
 # a 12 B model (or nano) at all. The yardstick here is a classical denoiser from scikit-image,
 # **non-local means**, which averages each pixel with pixels whose neighbourhoods look alike and
-# needs no training at all. Its one knob, the strength, is chosen where a fair comparison must
-# choose it: on the *training* photos, degraded the same way (`classical.tune_strength`), never on
-# the held-out photos it is then scored on.
+# needs no training at all. Its one knob, the strength, is chosen where every choice is made: on
+# the validation photos, degraded the same way (`classical.tune_strength`), never on the test
+# photos it is then scored on.
 #
 # Scores depend on the scale of the content, so the comparison runs at two crop scales: the whole
 # photo resized to 64 px (section 1's images) and a 64 px window of the photo at half its stored
 # size, where each pixel holds finer detail and more of it is texture. The base model and the LoRA
-# come from `lora_scale_sweep` at scales 0 and 1.
+# come from `lora_scale_sweep` at scales 0 and 1. With 4 test photos, a margin smaller than the
+# spread of the per-photo margins printed with it is no verdict either way.
 
 # %%
-training_photos = list_images(data_samples(), exclude=[held_out_dir()])
 CROPS = {f"whole photo at {RESOLUTION} px": lambda photo: prepare_photo(photo, RESOLUTION),
          f"{RESOLUTION} px window at half size": lambda photo: centre_window(photo.reduce(2), RESOLUTION, RESOLUTION)}
-if any(min(load_rgb(path).size) < 2 * RESOLUTION for path in [*photos, *training_photos]):
+if any(min(load_rgb(path).size) < 2 * RESOLUTION for path in [*photos, *validation_photos]):
     del CROPS[f"{RESOLUTION} px window at half size"]  # the course's photos are too small for it at this size
 
 yardstick, examples = {}, {}
 for crop_name, crop in CROPS.items():
-    tune_clean = [crop(load_rgb(path)) for path in training_photos]  # the strength is chosen here,
+    tune_clean = [crop(load_rgb(path)) for path in validation_photos]  # the strength is chosen here,
     strength, _ = tune_strength(degrade_each(tune_clean, DEGRADATION), tune_clean, "nlm")
-    test_clean = [crop(load_rgb(path)) for path in photos]  # and scored on the held-out photos
+    test_clean = [crop(load_rgb(path)) for path in photos]  # and scored on the test photos
     test_degraded = degrade_each(test_clean, DEGRADATION)
     base_point, lora_point = lora_scale_sweep(pipe, loras, test_degraded, test_clean, scales=(0.0, 1.0), seed=SEED)
     denoised = classical_restore(test_degraded, "nlm", strength)
@@ -351,10 +382,11 @@ for crop_name, crop in CROPS.items():
                             "non-local means": np.mean([psnr(d, c) for d, c in zip(denoised, test_clean)]),
                             "base + LoRA": lora_point.mean_psnr}
     examples[crop_name] = [test_degraded[index], denoised[index], lora_point.images[index], test_clean[index]]
-    margin = yardstick[crop_name]["base + LoRA"] - yardstick[crop_name]["non-local means"]
-    print(f"{crop_name}: non-local means at strength {strength:g} (tuned on {len(training_photos)} training photos); "
-          f"the LoRA {'leads' if margin > 0 else 'trails'} it by {abs(margin):.2f} dB")
-plot_method_comparison(yardstick, title="held-out photos, course degradation");
+    margin = paired_spread(lora_point.psnr, [psnr(d, c) for d, c in zip(denoised, test_clean)])
+    print(f"{crop_name}: non-local means at strength {strength:g} (tuned on {len(validation_photos)} validation "
+          f"photos); the LoRA {'leads' if margin.mean > 0 else 'trails'} it by {abs(margin.mean):.2f} dB "
+          f"(per-photo margins: std {margin.std:.2f} dB)")
+plot_method_comparison(yardstick, title="test photos, course degradation");
 
 # %%
 viz.image_grid(list(examples.values()), row_titles=list(examples),
@@ -364,7 +396,7 @@ viz.image_grid(list(examples.values()), row_titles=list(examples),
 # Read the bars plainly. Where the LoRA is ahead of non-local means, that margin (not the gain over
 # the degraded input) is what its training bought; where it is level or behind, a few milliseconds
 # of classical denoising do as well, and the LoRA has more to learn: longer training, or training
-# crops of that scale (`TrainConfig.crop_scale`), which exercise 1 tries. Nano is a tiny model
+# crops closer to that scale (`TrainConfig.crop_scale`), which exercise 1 tries. Nano is a tiny model
 # trained for minutes; the same comparison with FLUX.1-Kontext-dev and its LoRA is the one that
 # decides whether a real restoration LoRA is worth its GPU hours. `evaluate` adds the same
 # yardstick as a column of its table: `--classical nlm` with `--classical_tune_degraded` and
@@ -384,8 +416,10 @@ print(card[card.index("## Use it"):card.index("```python")])
 
 # %% [markdown]
 # Those arguments matter: called without `max_sequence_length=32`, the pipeline pads nano's prompt
-# to its default 512 tokens, which nano's text encoder never saw, and returns a poor image without
-# any warning (exercise 3 measures how poor). Here is the original guide's snippet, unchanged except
+# to its default 512 tokens. It calls T5 without an attention mask and passes the transformer no
+# text mask either, so nano's transformer, which learned to read 32 text states, reads 480 more
+# states of pad tokens (and T5's states of the 32 real tokens change too, since they attend to the
+# pads), and returns a poor image without any warning (exercise 3 measures how poor). Here is the original guide's snippet, unchanged except
 # for the paths, float32 on the CPU instead of bf16 on CUDA, and nano's size and text length from
 # its card:
 
@@ -423,8 +457,32 @@ if MODEL == "nano":
 # file is a standard diffusers LoRA, and nothing in the course's restoration is hidden from a plain
 # pipeline.
 #
-# With FLUX.1-Kontext-dev the snippet needs no size arguments (1024 x 1024 and 512 tokens are its
-# own defaults). The whole pipeline in bf16 takes about 34 GB of GPU memory (transformer
+# **The snippet's size trap.** The guide's snippet passes no `height` or `width`, and then the
+# pipeline returns exactly its default size, a square (1024 x 1024 for FLUX.1-Kontext-dev; for
+# nano, whose card fixes the area at 64 x 64, 64 x 64), whatever the photo's shape: it resizes the
+# photo to a Kontext resolution of the photo's aspect ratio as the condition, but generates the
+# square. A 250 x 187 photo comes back square, and stretched back to its own shape it is distorted.
+# The fix is to pass a `height` and `width` of the photo's aspect ratio (`restore.working_size`
+# computes them in the right multiples) and resize the result back, which is what `restore_image`
+# does:
+
+# %%
+if MODEL == "nano":
+    photo = degraded_own[index]
+    nano_call = dict(prompt=prompt, guidance_scale=3.5, max_area=64 * 64, _auto_resize=False, max_sequence_length=32)
+    square = pipeline(image=photo, generator=torch.Generator().manual_seed(SEED), **nano_call).images[0]
+    run_width, run_height = restore.working_size(*photo.size, NATIVE, MULTIPLE)
+    shaped = pipeline(image=photo, height=run_height, width=run_width, generator=torch.Generator().manual_seed(SEED),
+                      **nano_call).images[0]
+    print(f"photo {photo.size[0]}x{photo.size[1]}; snippet without height/width -> {square.size[0]}x{square.size[1]}; "
+          f"with height={run_height}, width={run_width} -> {shaped.size[0]}x{shaped.size[1]}")
+    viz.show_images([photo, square, square.resize(photo.size), shaped.resize(photo.size)], scale=2.2,
+                    titles=["degraded photo", "snippet's square", "square, back to the photo's shape",
+                            "height/width of its shape"]);
+
+# %% [markdown]
+# With FLUX.1-Kontext-dev the snippet's text length (512 tokens) is the model's own, and its size
+# is 1024 x 1024 unless you pass the photo's. The whole pipeline in bf16 takes about 34 GB of GPU memory (transformer
 # 23.8 GB, T5 text encoder 9.5 GB), so this plain form wants a 40 GB card or larger; on smaller
 # ones `load_pipeline(MODEL, quantize="nf4")` or the command's `--quantize nf4` stores the
 # transformer in 4 bits. The model is gated: accept its licence on the Hugging Face hub and log in
@@ -441,11 +499,13 @@ if model_source(MODEL) in ("hub", "local"):
     from diffusers import FluxKontextPipeline
     pipeline = FluxKontextPipeline.from_pretrained(MODEL, torch_dtype=torch.bfloat16).to("cuda")
     pipeline.load_lora_weights(str(LORA_DIR))
-    restored = pipeline(image=degraded_image, prompt="Restore this degraded photograph to high fidelity", guidance_scale=3.5).images[0]
+    width, height = restore.working_size(*degraded_image.size, 1024, 16)  # the photo's shape, FLUX's area
+    restored = pipeline(image=degraded_image, prompt="Restore this degraded photograph to high fidelity",
+                        guidance_scale=3.5, height=height, width=width).images[0].resize(degraded_image.size)
 
-    # The plain call picks its own size (a Kontext resolution near 1024 x 1024); restore_image
-    # makes the same call at the working size and returns the input's size.
-    print(f"input {degraded_image.size}, plain pipeline output {restored.size}")
+    # Without height and width the plain call returns a 1024 x 1024 square (the trap above);
+    # restore_image makes this same call and resizes back for you.
+    print(f"input {degraded_image.size}, pipeline at {width}x{height}, output {restored.size}")
     viz.show_images([degraded_image, restored], titles=["degraded", "FLUX.1-Kontext-dev + LoRA"], scale=4)
 
 # %% [markdown]
@@ -477,8 +537,9 @@ if MODEL == "nano":  # with the real model this would load a second copy of it; 
 
 # %% [markdown]
 # **ComfyUI.** The trained file is in diffusers' layout (`transformer.<module>.lora_A.weight`).
-# ComfyUI reads that layout too, but ignores the alpha stored beside it, so it applies a diffusers
-# file correctly only when `lora_alpha` equals the rank. The kohya layout with Black Forest Labs'
+# ComfyUI reads that layout too, but not the alpha, which diffusers keeps in the file's metadata
+# (`lora_adapter_metadata`), not as a tensor, so it applies a diffusers file correctly only when
+# `lora_alpha` equals the rank. The kohya layout with Black Forest Labs'
 # module names (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, q, k and v fused into one
 # layer) carries its alpha, and `export`'s file in that layout was checked to load exactly in
 # ComfyUI's own loader: that is the file to give ComfyUI. `export` converts exactly (the fused
@@ -524,11 +585,11 @@ print(f"{len(keys)} tensors, e.g.", *keys[:3], sep="\n  ")
 # **Exercise 1.** *Beat the yardstick by more.* Section 6 measured the LoRA against non-local
 # means at two crop scales; the margin is small. Try two ways to widen it (or to close it, where
 # the denoiser is ahead): run the denoiser on the LoRA's output, and train a short LoRA on crops of
-# the window scale. Measure both on the held-out photos, tuning anything you tune on the training
-# photos only. *Hint:* `classical_restore`, and `TrainConfig.crop_scale` for the size of the
+# the window scale only. Measure both on the test photos, tuning anything you tune on the
+# validation photos only. *Hint:* `classical_restore`, and `TrainConfig.crop_scale` for the size of the
 # training crops (a fraction of the photo's short side).
 #
-# **Exercise 2.** *Damage the LoRA never saw.* Degrade the held-out photos with notebook 01's
+# **Exercise 2.** *Damage the LoRA never saw.* Degrade the test photos with notebook 01's
 # `old_photo` preset and restore them with the LoRA. What does it repair, what does it leave, and
 # why? *Hint:* compare with the base model and look at the colours and the scratches.
 #
@@ -537,6 +598,25 @@ print(f"{len(keys)} tensors, e.g.", *keys[:3], sep="\n  ")
 # then returns its input), and measure PSNR against the photos with and without the argument. What
 # happened to the prompt?
 #
-# **Exercise 4.** *Choose the scale honestly.* Section 5 swept `lora_scale` on the held-out photos
-# it then reports. Choose the scale on crops of the *training* photos instead, then measure the
-# held-out photos at that scale. How far is the honest choice from the best one in hindsight?
+# **Exercise 4.** *The price of hindsight.* Section 5 chose `lora_scale` on the validation photos.
+# Which scale would the test photos themselves have picked, and how many decibels would that
+# choice have "gained"? Repeat with the scale chosen on crops of the *training* photos. Why is only
+# the validation choice a fair figure for a new photo?
+
+# %% [markdown]
+# ## References
+#
+# - A. Buades, B. Coll, J.-M. Morel. *A non-local algorithm for image denoising.* CVPR 2005: the
+#   non-local means yardstick of section 6.
+# - L. I. Rudin, S. Osher, E. Fatemi. *Nonlinear total variation based noise removal algorithms.*
+#   Physica D 1992; A. Chambolle, *An algorithm for total variation minimization and applications*,
+#   J. Math. Imaging Vis. 2004: `classical`'s `tv` method.
+# - Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. *Image Quality Assessment: From Error
+#   Visibility to Structural Similarity.* IEEE TIP 2004: SSIM (`metrics`).
+# - R. Zhang, P. Isola, A. A. Efros, E. Shechtman, O. Wang. *The Unreasonable Effectiveness of Deep
+#   Features as a Perceptual Metric* (LPIPS). CVPR 2018, arXiv:1801.03924.
+# - Y. Blau, T. Michaeli, *The Perception-Distortion Tradeoff*, arXiv:1711.06077: why PSNR rewards
+#   smooth answers (section 5).
+# - Code: diffusers' `FluxKontextPipeline` and `load_lora_weights` (sections 2 and 7), scikit-image's
+#   `denoise_nl_means` and `denoise_tv_chambolle`, ComfyUI's LoRA loader (`comfy/lora.py`) for the
+#   export's layout.

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from kontext_lora_helpers import viz
-from kontext_lora_helpers.course import data_samples, held_out_dir, outputs
+from kontext_lora_helpers.course import data_samples, evaluation_dirs, held_out_dir, outputs, validation_dir
 from kontext_lora_helpers.degradations import ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
 from kontext_lora_helpers.metrics import psnr
@@ -201,10 +201,11 @@ viz.show_images([clean_photo, *edits.values()], ["input", *[f"guidance {scale}" 
 
 # %% [markdown]
 # Nano's pretraining always fed 3.5, so its guidance embedding never learned what other values
-# mean: 3.5 gives the edit it was taught, and other values give whatever the untrained directions
-# of the embedding do (here a weaker or an odd edit, not a stronger one). FLUX.1-Kontext-dev was
-# distilled over a range of values, so on it the scale is a real knob; a LoRA is best used at the
-# value it was trained with.
+# mean: 3.5 gives the edit it was taught, and other values send the transformer an embedding it
+# never learned to read (here the image breaks up into noise, neither a weaker nor a stronger edit).
+# FLUX.1-Kontext-dev was guidance-distilled, presumably over a range of values (distillation
+# conditions on the scale, Meng et al. 2023; Black Forest Labs have not published the range), so
+# on it the scale is a real knob; a LoRA is best used at the value it was trained with.
 #
 # ## 03 · The flow-matching loss
 #
@@ -220,15 +221,18 @@ schemes = {"uniform": ("uniform", None), f"logit-normal, pipeline shift (mu {mu:
 for name, (scheme, shift) in schemes.items():
     sigmas = objective.sample_sigmas(100_000, scheme, shift, generator=torch.Generator().manual_seed(0))
     print(f"{name:<40} {100 * (sigmas < 0.18).float().mean():5.1f} % below 0.18")
-scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-scheduler.set_timesteps(28, mu=mu)
-print("the sampler's last sigmas:", [round(s, 3) for s in scheduler.sigmas[-4:].tolist()])
+schedule = objective.pipeline_sigmas(28, image_token_count(pipe.vae, 64, 64), pipe.scheduler.config)
+print("the sampler's last sigmas:", [round(s, 3) for s in schedule[-4:].tolist()],
+      f"({int((schedule[:-1] < 0.18).sum())} of its 28 steps start below 0.18)")
 
 # %% [markdown]
-# The sampler spends its last steps below 0.1, where uniform sampling puts a tenth of the training
-# steps and the pipeline's shift even fewer; nano's -1.5 puts half of them below 0.18. The
-# pipeline's shift trains where the sampler *starts*; nano's recipe trains more where it *ends*,
-# which for an average restoration (the posterior-mean objective) is where the detail is settled.
+# The pipeline's schedule (`linspace(1, 1/28, 28)`, shifted, then 0) takes its last three steps
+# from below 0.18 and only the last from below 0.1 (0.058, straight to 0). Uniform sampling puts
+# 18 % of the training steps below 0.18, the pipeline's shift fewer; nano's -1.5 puts half of them
+# there. The pipeline's shift trains where the sampler spends most of its steps; nano's recipe
+# trains more where it *ends*, which for an average restoration (the posterior-mean objective) is
+# where the detail is settled. (`pipe.scheduler.set_timesteps(28, mu=mu)` alone builds its
+# schedule from another grid and gives a different tail, about 0.118, 0.061, 0.002, 0.)
 #
 # **Exercise 2.** `x0_hat = x_sigma - sigma * v`:
 
@@ -264,7 +268,7 @@ for rank in (4, 16, 64):
 
 # %% [markdown]
 # The count is linear in the rank and matches `r (in + out)` summed over the adapted layers. On
-# nano a LoRA is a large share of a tiny model (rank 64 is bigger than half of it); on
+# nano a LoRA is a large share of a tiny model (rank 64 is almost half of it); on
 # FLUX.1-Kontext-dev, whose layers are 3072 wide, rank 16 is 65 M parameters, 0.55 % of 11.9 B.
 #
 # **Exercise 4.** The perceptual term's pull at two noise levels, linear gate:
@@ -342,11 +346,13 @@ for name, (seconds, metrics) in runs.items():
 
 # %% [markdown]
 # After the same few steps, the flow-matching LoRA scores *below* the base model while the
-# posterior-mean LoRA is already well above it. The flow-matching LoRA learns to draw a plausible
-# restoration, detail included, and on crops this noisy a draw's squared error is about twice the
-# average's (notebook 03, section 8); PSNR rewards the average, which the posterior-mean objective
-# trains the sampler to end at. The gap of section 3 is there from the first few dozen steps. The
-# price: one more forward pass a step (compare the s/step).
+# posterior-mean LoRA is already well above it. Part of that is the draw-against-average gap of
+# notebook 03, section 8: the flow-matching LoRA learns to draw a plausible restoration, and PSNR
+# rewards the average, which the posterior-mean objective trains the sampler to end at. Part may be
+# training time: with the pipeline's shift only a few percent of these steps train the low noise
+# levels where the detail is settled (exercise 1 of section 03). Notebook 04's 500-step figures
+# (section 3) separate the two better than a run this short. The price of the posterior mean: one
+# more forward pass a step (compare the s/step).
 #
 # **Exercise 2.** The flow-matching run again, with the guide's VGG term (random VGG features on a
 # CPU):
@@ -365,9 +371,10 @@ change = max((with_vgg[key] - without_vgg[key]).abs().max() / without_vgg[key].a
 print(f"largest change of a LoRA matrix's weights, relative to its largest weight: {change:.1%}")
 
 # %% [markdown]
-# At weight 0.1 with random VGG features, the term moves the LoRA's weights a little (the line
-# above) and the PSNR not measurably in a short run, at about twice the time a step: it decodes `x0_hat`
-# and runs VGG on it. A perceptual term is there to keep textures sharp, which PSNR does not
+# At weight 0.1 with random VGG features, the term changes some LoRA matrices noticeably in
+# relative terms (the line above; a matrix that is still near zero changes a lot relative to its
+# size), but not the PSNR or SSIM of a short run, at about 1.6 times the time a step: it decodes
+# `x0_hat` and runs VGG on it. A perceptual term is there to keep textures sharp, which PSNR does not
 # reward; its effect shows in pictures and in perceptual measures (LPIPS) after long runs with
 # ImageNet features on a GPU. Raise `perceptual_weight` to 1 to see it pull harder.
 #
@@ -402,7 +409,8 @@ viz.image_grid([[images[2] for images in results.values()] + [clean[2]]],
 #
 # ## 05 · Restoration
 #
-# Notebook 05's LoRA, its held-out photos and its crops:
+# Notebook 05's LoRA, its test photos and its crops; every choice below is made on the
+# validation photos:
 
 # %%
 from kontext_lora_helpers.classical import classical_restore, tune_strength
@@ -410,8 +418,8 @@ from kontext_lora_helpers.degradations import degrade_each
 from kontext_lora_helpers.images import centre_window
 from kontext_lora_helpers.viz_restoration import lora_scale_sweep
 
-held_out = list_images(held_out_dir())
-tuning = list_images(data_samples(), exclude=[held_out_dir()])[:6]  # 6 training photos choose every knob below
+held_out = list_images(held_out_dir())  # the test photos: they report
+tuning = list_images(validation_dir())  # the 6 validation photos choose every knob below
 whole = [prepare_photo(load_rgb(path), 64) for path in held_out]
 window = [centre_window(load_rgb(path).reduce(2), 64, 64) for path in held_out]  # section 6's second scale
 tuning_window = [centre_window(load_rgb(path).reduce(2), 64, 64) for path in tuning]
@@ -426,7 +434,7 @@ def mean_psnr(images, references):
 
 # %% [markdown]
 # **Exercise 1.** Two ways to widen the LoRA's margin at the window scale. First, non-local means
-# on the LoRA's output, its strength tuned on the training photos' LoRA outputs:
+# on the LoRA's output, its strength tuned on the validation photos' LoRA outputs:
 
 # %%
 window_degraded = degrade_each(window, course)
@@ -434,13 +442,14 @@ lora_window = restore.restore_images(restorer, window_degraded, seed=0)
 lora_tuning = restore.restore_images(restorer, degrade_each(tuning_window, course), seed=0)
 strength, _ = tune_strength(lora_tuning, tuning_window, "nlm")
 print(f"LoRA alone {mean_psnr(lora_window, window):.2f} dB; LoRA then non-local means (strength {strength:g}, "
-      f"tuned on the training photos) {mean_psnr(classical_restore(lora_window, 'nlm', strength), window):.2f} dB")
+      f"tuned on the validation photos) {mean_psnr(classical_restore(lora_window, 'nlm', strength), window):.2f} dB")
 
 # %% [markdown]
 # Second, a LoRA trained on crops of that scale. A 64 px window of the photo at half size covers
-# 128 px of the photo, about a third of its short side, so `crop_scale=(0.2, 0.45)`. It is
-# compared with section 04's run of the same length on the recipe's crops (a quarter to all of the
-# short side):
+# 128 px of the photo, about a third of its short side. That already lies inside the recipe's
+# crops (a quarter to all of the short side), so the experiment is whether training *only* at that
+# scale, `crop_scale=(0.2, 0.45)`, helps; it is compared with section 04's run of the same length
+# on the recipe's crops:
 
 # %%
 short_run("window_crops", crop_scale=(0.2, 0.45))
@@ -452,7 +461,7 @@ for name in ("posterior_mean", "window_crops"):
 
 # %% [markdown]
 # A denoiser after the LoRA removes part of the noise the LoRA left, when its strength (chosen on
-# the training photos) is above zero; if the tuning chose 0, the LoRA left nothing it could
+# the validation photos) is above zero; if the tuning chose 0, the LoRA left nothing it could
 # remove. Training crops of the scale you restore at are the more lasting fix: the LoRA sees
 # textures at the size it will meet them, but a few dozen steps are too few to show it: compare
 # the two short runs above (same steps, same seed), then repeat both with more steps and another
@@ -496,27 +505,33 @@ for label, text_length in {"with max_sequence_length=32": dict(max_sequence_leng
 
 # %% [markdown]
 # With nano's own text length the base model returns the clean photo almost unchanged. Without
-# it, the pipeline pads the prompt to 512 tokens; nano's T5 never saw a sequence that long, its
-# position embeddings beyond 32 are untrained, and the transformer reads text it cannot make sense
-# of. Nothing warns: the pipeline has no way to know. That is why nano's model card gives the
+# it, the pipeline pads the prompt to 512 tokens and passes no attention mask, neither to T5 nor
+# to the transformer. Nano's T5 is random and frozen (it uses relative position buckets, so
+# nothing in it is "untrained" at position 33); what changes is the input: T5's states of the 32
+# real tokens shift because they now attend to 480 pad tokens, and the transformer, which learned
+# to read 32 text states, reads 480 more. Nothing warns: the pipeline has no way to know. That is why nano's model card gives the
 # argument, and why `models.call_kwargs` passes it everywhere in the course.
 #
-# **Exercise 4.** The scale chosen on the training photos, measured on the held-out ones:
+# **Exercise 4.** The scale chosen on the validation photos (as section 5 does), on the training
+# photos, and in hindsight on the test photos:
 
 # %%
 scales = (0.75, 1.0, 1.25)
-tuning_whole = [prepare_photo(load_rgb(path), 64) for path in tuning]
-on_training = lora_scale_sweep(restorer, course_loras, degrade_each(tuning_whole, course), tuning_whole,
-                               scales=scales, seed=0)
 on_held_out = lora_scale_sweep(restorer, course_loras, degrade_each(whole, course), whole, scales=scales, seed=0)
-chosen = max(on_training, key=lambda point: point.mean_psnr).scale
+training_photos = list_images(data_samples(), exclude=evaluation_dirs())[:6]
+for set_name, photos_of_set in {"validation": tuning, "training": training_photos}.items():
+    crops = [prepare_photo(load_rgb(path), 64) for path in photos_of_set]
+    sweep = lora_scale_sweep(restorer, course_loras, degrade_each(crops, course), crops, scales=scales, seed=0)
+    chosen = max(sweep, key=lambda point: point.mean_psnr).scale
+    at_chosen = next(point for point in on_held_out if point.scale == chosen)
+    print(f"chosen on {len(crops)} {set_name} photos: scale {chosen:g} -> {at_chosen.mean_psnr:.2f} dB on the test photos")
 best = max(on_held_out, key=lambda point: point.mean_psnr)
-honest = next(point for point in on_held_out if point.scale == chosen)
-print(f"chosen on the training photos: scale {chosen:g} -> {honest.mean_psnr:.2f} dB on the held-out photos")
-print(f"best in hindsight on the held-out photos: scale {best.scale:g} -> {best.mean_psnr:.2f} dB")
+print(f"best in hindsight on the test photos: scale {best.scale:g} -> {best.mean_psnr:.2f} dB (not a fair figure)")
 
 # %% [markdown]
-# The honest choice and the hindsight one agree or differ by a few hundredths of a dB: the curve is
-# flat near its top, so little is lost by choosing on other photos. The habit matters more than
+# The choices and the hindsight one agree or differ by a few hundredths of a dB: the curve is
+# flat near its top, so little is lost by choosing on other photos. The training photos are the
+# wrong place to choose all the same: the LoRA has learned them, so they favour a stronger LoRA
+# than new photos do; validation photos are as new to it as the test photos. The habit matters more than
 # the number here: with a steeper curve, or a knob with many settings, a choice made on the test
 # images reports a score nobody will see on new photos.

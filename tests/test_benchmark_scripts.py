@@ -161,3 +161,18 @@ def test_card_profile_script_runs_the_preflight_of_the_shallow_twin_in_tiny_mode
     assert row["planned_validations"] == 5
     expected = 1000 * row["seconds_per_step"] + 5 * row["validation_seconds"]
     assert row["estimated_run_seconds"] == pytest.approx(expected)
+
+
+def test_recipe_study_tiny_chooses_on_validation_and_reports_the_recipe_on_test(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_recipe
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    results = bench_recipe.main(["--tiny", "--variants", "recipe", "--work_dir", str(tmp_path)])
+    recipe = results["recipe"]
+    assert recipe["validation"]["photo_set"] == "validation" and recipe["validation"]["num_images"] == 24
+    assert recipe["test"]["photo_set"] == "test" and recipe["test"]["num_images"] == 16
+    assert len(recipe["validation"]["per_image"]["lora"]) == 24
+    assert json.loads((tmp_path / "results-tiny.json").read_text()).keys() == {"recipe"}
+    assert "the recipe on the 16 test crops" in capsys.readouterr().out

@@ -437,10 +437,30 @@ def test_flip_and_center_crop_options(tmp_path):
     assert flips == {True, False}
 
 
-def test_real_sample_photos_with_held_out_excluded(data_samples):
-    dataset = DegDataset(data_samples, PROMPT, resolution=64, exclude=[data_samples / "held_out"])
-    assert len(dataset) == 23 and not any("held_out" in str(p) for p in dataset.paths)
+def test_real_sample_photos_with_validation_and_test_photos_excluded(data_samples):
+    from kontext_lora_helpers.course import evaluation_dirs
+
+    dataset = DegDataset(data_samples, PROMPT, resolution=64, exclude=evaluation_dirs())
+    assert len(dataset) == 23
+    assert not any(part in str(p) for p in dataset.paths for part in ("held_out", "validation"))
     assert dataset[3]["control"].shape == (3, 64, 64)
+
+
+def test_the_three_photo_sets_are_disjoint_and_the_trainer_leaves_out_two(data_samples, tmp_path):
+    from kontext_lora_helpers.course import test_dir, validation_dir
+    from kontext_lora_helpers.images import list_images
+    from kontext_lora_helpers.train import TrainConfig
+    from kontext_lora_helpers.train.config import _training_excludes, resolve_validation_dir
+
+    validation, test = list_images(validation_dir()), list_images(test_dir())
+    training = [p for p in list_images(data_samples) if p.parent == data_samples]
+    assert (len(training), len(validation), len(test)) == (23, 6, 4)
+    stems = [{p.stem for p in group} for group in (training, validation, test)]
+    assert not (stems[0] & stems[1] or stems[0] & stems[2] or stems[1] & stems[2])
+    config = TrainConfig(hr_root=str(data_samples), output_dir=str(tmp_path / "run"), validation_dir="none")
+    assert {p.resolve() for p in _training_excludes(config)} == {validation_dir().resolve(), test_dir().resolve()}
+    default = TrainConfig(hr_root=str(data_samples), output_dir=str(tmp_path / "run"))
+    assert resolve_validation_dir(default).resolve() == validation_dir().resolve()  # the trainer validates there
 
 
 def test_tensor_conversions_round_trip():

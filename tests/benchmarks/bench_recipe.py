@@ -57,12 +57,12 @@ def train_variant(name: str, flags: list[str], work: Path, tiny: bool) -> tuple[
     return output_dir, time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "bench_recipe")
     parser.add_argument("--tiny", action="store_true", help="4 training steps and 4 sampler steps: plumbing only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
     from diffusers import FluxKontextPipeline
@@ -116,6 +116,7 @@ def main() -> None:
     print(f"\nvalidation base model {Spread(**base['spread']['base_psnr'])} dB, degraded "
           f"{Spread(**base['spread']['degraded_psnr'])} dB")
     print(f"results: {results_path.relative_to(REPO) if results_path.is_relative_to(REPO) else results_path}")
+    return results
 
 
 if __name__ == "__main__":
