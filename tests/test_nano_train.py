@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from kontext_lora_helpers.statefiles import load_state
+
 from kontext_lora_helpers.metrics import psnr
 from kontext_lora_helpers.nano.__main__ import main as nano_main
 from kontext_lora_helpers.nano.model import build_nano_components
@@ -47,7 +49,7 @@ def test_train_vae_learns_checkpoints_and_resumes(tmp_path):
     assert vae.config.scaling_factor == pytest.approx(result["scaling_factor"])
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3]
-    assert torch.load(tmp_path / "vae_checkpoint.pt", weights_only=False)["step"] == 3
+    assert load_state(tmp_path / "vae_checkpoint.safetensors")["step"] == 3
     # Rerun with more steps: it continues from step 3 instead of starting over.
     train_vae(components, tmp_path, steps=4, batch_size=2, learning_rate=1e-3, checkpoint_every=2, crop_size=16)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -62,7 +64,7 @@ def test_train_editor_updates_the_transformer_and_checkpoints(tmp_path):
     assert result["steps"] == 2 and np.isfinite(result["final_loss_ema"])
     assert any(not torch.equal(before[k], v) for k, v in transformer.state_dict().items())
     assert not transformer.training and next(transformer.parameters()).device.type == "cpu"
-    state = torch.load(tmp_path / "editor_checkpoint.pt", weights_only=False)
+    state = load_state(tmp_path / "editor_checkpoint.safetensors")
     assert state["step"] == 2
 
 

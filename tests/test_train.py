@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import re
 import signal
 import socket
@@ -531,17 +532,19 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
 
 
 def test_a_crash_during_a_save_leaves_no_complete_looking_checkpoint(tmp_path, monkeypatch):
-    real_save = torch.save
+    from kontext_lora_helpers.train import checkpoints
+
+    real_save = checkpoints.save_state
 
     def failing_save(obj, path, *args, **kwargs):
-        if str(path).endswith("scheduler.pt"):
+        if str(path).endswith("scheduler.safetensors"):
             raise OSError("disk full (simulated)")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(checkpoints, "save_state", failing_save)
     with pytest.raises(OSError, match="disk full"):
         train(quick_config(tmp_path, max_train_steps=2), progress_bar=False)
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(checkpoints, "save_state", real_save)
 
     folders = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-"))
     assert folders == ["checkpoint-2.tmp"]
@@ -694,3 +697,46 @@ def test_a_trained_lora_restores_the_same_pixels_in_plain_diffusers_and_the_rest
                      num_inference_steps=3, generator=torch.Generator().manual_seed(7),
                      **models.call_kwargs(plain, 64, 64)).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "china.png")), np.asarray(expected))
+
+
+# --- no pickles: checkpoints hold tensors and JSON --------------------------------------------------
+
+
+def test_checkpoints_hold_no_pickles_and_resume_a_run_written_by_the_pickle_version_the_same(tmp_path):
+    """A checkpoint's states are safetensors files (`statefiles`); a checkpoint of the earlier
+    layout (``torch.save`` pickles) still resumes, read with weights_only=True, to the same LoRA."""
+    from kontext_lora_helpers.statefiles import load_state
+
+    first = tmp_path / "safetensors"
+    train(quick_config(first, max_train_steps=2), progress_bar=False)
+    checkpoint = first / "checkpoint-2"
+    names = ("optimizer", "scheduler", "random_states")
+    assert all((checkpoint / f"{name}.safetensors").is_file() for name in names)
+    assert not list(checkpoint.glob("*.pt")) and not list(checkpoint.glob("*.bin"))
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(first, legacy)
+    for name in names:  # rewrite the checkpoint as the earlier version wrote it
+        torch.save(load_state(legacy / "checkpoint-2" / f"{name}.safetensors"), legacy / "checkpoint-2" / f"{name}.pt")
+        (legacy / "checkpoint-2" / f"{name}.safetensors").unlink()
+    for folder in (first, legacy):
+        train(quick_config(folder, max_train_steps=4, resume_from_checkpoint="latest"), progress_bar=False)
+    assert_same_lora(first, legacy, atol=0)
+
+
+def test_resume_refuses_a_planted_pickle_that_would_run_code(tmp_path):
+    from kontext_lora_helpers.statefiles import StateFileError
+
+    train(quick_config(tmp_path, max_train_steps=2), progress_bar=False)
+    checkpoint = tmp_path / "checkpoint-2"
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (checkpoint / "random_states.safetensors").unlink()
+    torch.save({"python": Payload()}, checkpoint / "random_states.pt")
+    with pytest.raises(StateFileError, match="refusing to load .*random_states.pt"):
+        train(quick_config(tmp_path, max_train_steps=4, resume_from_checkpoint="latest"), progress_bar=False)
+    assert not marker.exists()

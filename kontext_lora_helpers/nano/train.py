@@ -21,7 +21,7 @@ from .. import latents as latent_ops
 from .. import metrics
 from ..data import pil_to_tensor, tensor_to_pil
 from ..degradations import PRESETS, apply_degradation
-from ..fileio import write_atomically
+from ..statefiles import load_state, save_state
 from .model import NANO_RESOLUTION
 from .edits import EDITS, apply_edit, random_identity_prompt
 from .pool import CropPool, default_image_paths, held_out_batch
@@ -35,8 +35,9 @@ def _cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0
 
 
 def _save_atomic(obj, path: Path) -> None:
-    # A kill mid-save leaves the previous checkpoint intact.
-    write_atomically(path, lambda temporary: torch.save(obj, temporary))
+    # Tensors and JSON, no pickle (`statefiles`); written atomically, so a kill mid-save leaves the
+    # previous checkpoint intact.
+    save_state(obj, path)
 
 
 def _log(work_dir: Path, record: dict) -> None:
@@ -112,10 +113,10 @@ def train_vae(
     vae = components["vae"].to(device).train().requires_grad_(True)
     pool = CropPool(default_image_paths(image_dirs), size=crop_size, seed=seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
-    checkpoint_path = work_dir / "vae_checkpoint.pt"
+    checkpoint_path = work_dir / "vae_checkpoint.safetensors"
     start = 0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = load_state(checkpoint_path)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         pool.rng.bit_generator.state = state["rng"]
@@ -216,10 +217,10 @@ def train_editor(
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=0.01)
     num_image_tokens = latent_ops.image_token_count(vae, NANO_RESOLUTION, NANO_RESOLUTION)
     mu = objective.calculate_shift(num_image_tokens, components["scheduler"].config)
-    checkpoint_path = work_dir / "editor_checkpoint.pt"
+    checkpoint_path = work_dir / "editor_checkpoint.safetensors"
     start = 0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = load_state(checkpoint_path)
         transformer.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]

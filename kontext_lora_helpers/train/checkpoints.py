@@ -3,7 +3,9 @@ leaves one that looks complete but is not, and read back so that a resumed run c
 
 A checkpoint holds the LoRA weights (``pytorch_lora_weights.safetensors``, loadable for inference as
 they are) and their moving average when there is one (``ema_lora_weights.safetensors``), the
-optimizer, learning-rate scheduler and random states, and ``training_state.json``: the position in
+optimizer, learning-rate scheduler, grad-scaler and random states (``<name>.safetensors``, written by
+`statefiles.save_state`: tensors and JSON, no pickle, so resuming a checkpoint someone else made
+runs none of its code), and ``training_state.json``: the position in
 the data (epoch and batches already used), the loss history and the config. Each is written into
 ``checkpoint-N.tmp/`` and renamed when complete (``training_state.json`` last). An interrupted and
 resumed run ends with the same LoRA as an uninterrupted one (tested with a real kill).
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import lora as lora_ops
+from ..statefiles import load_legacy_pickle, load_state, save_state
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -137,11 +140,11 @@ def write_checkpoint(output_dir, step: int, transformer, optimizer, lr_scheduler
     if ema is not None:
         with ema.applied():
             lora_ops.save_lora(transformer, staging, weight_name=EMA_WEIGHT_NAME)
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
-    torch.save(_random_states(), staging / "random_states.pt")
+    save_state(optimizer.state_dict(), staging / "optimizer.safetensors")
+    save_state(lr_scheduler.state_dict(), staging / "scheduler.safetensors")
+    save_state(_random_states(), staging / "random_states.safetensors")
     if grad_scaler is not None:
-        torch.save(grad_scaler.state_dict(), staging / "grad_scaler.pt")
+        save_state(grad_scaler.state_dict(), staging / "grad_scaler.safetensors")
     (staging / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
     replaced = None
     if final.exists():
@@ -182,6 +185,21 @@ def saved_settings(checkpoint: Path | None) -> dict:
     return json.loads(state_file.read_text()).get("config", {})
 
 
+def _has_state(checkpoint: Path, name: str) -> bool:
+    return (checkpoint / f"{name}.safetensors").is_file() or (checkpoint / f"{name}.pt").is_file()
+
+
+def _read_state(checkpoint: Path, name: str):
+    """A checkpoint's ``<name>.safetensors``, or the ``<name>.pt`` of an earlier version of this
+    package, read with `statefiles.load_legacy_pickle` (which refuses anything but a state)."""
+    if (checkpoint / f"{name}.safetensors").is_file():
+        return load_state(checkpoint / f"{name}.safetensors")
+    if (checkpoint / f"{name}.pt").is_file():
+        return load_legacy_pickle(checkpoint / f"{name}.pt")
+    raise FileNotFoundError(f"checkpoint {checkpoint} has no {name}.safetensors: it is incomplete; resume from "
+                            "another checkpoint or start without --resume_from_checkpoint")
+
+
 def resume_from(path: Path, transformer, optimizer, lr_scheduler, grad_scaler=None,
                 ema: lora_ops.LoraEMA | None = None) -> TrainingProgress:
     """Load a checkpoint written by `write_checkpoint` into the run; returns its progress.
@@ -197,11 +215,10 @@ def resume_from(path: Path, transformer, optimizer, lr_scheduler, grad_scaler=No
     lora_ops.load_lora_into(transformer, path)
     if ema is not None and not (path / EMA_WEIGHT_NAME).is_file():
         ema.load_state_dict({name: p.detach() for name, p in ema.parameters.items()}, step=step)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    if grad_scaler is not None and (path / "grad_scaler.pt").exists():
-        grad_scaler.load_state_dict(torch.load(path / "grad_scaler.pt", weights_only=False))
-    # Our own files; they hold numpy and Python random states, which weights_only=True refuses.
-    _restore_random_states(torch.load(path / "random_states.pt", weights_only=False))
+    optimizer.load_state_dict(_read_state(path, "optimizer"))
+    lr_scheduler.load_state_dict(_read_state(path, "scheduler"))
+    if grad_scaler is not None and _has_state(path, "grad_scaler"):
+        grad_scaler.load_state_dict(_read_state(path, "grad_scaler"))
+    _restore_random_states(_read_state(path, "random_states"))
     fields = {item.name for item in dataclasses.fields(TrainingProgress)}
     return TrainingProgress(**{key: value for key, value in state.items() if key in fields})
