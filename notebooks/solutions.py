@@ -55,7 +55,7 @@ from kontext_lora_helpers import viz
 from kontext_lora_helpers.course import data_samples, evaluation_dirs, held_out_dir, outputs, validation_dir
 from kontext_lora_helpers.degradations import ORIGINAL_GUIDE_ORDER, PRESETS, DegradationConfig, apply_degradation
 from kontext_lora_helpers.images import list_images, load_rgb
-from kontext_lora_helpers.metrics import psnr
+from kontext_lora_helpers.metrics import psnr, spread
 from kontext_lora_helpers.models import load_pipeline, quiet_library_output
 
 OUTPUT_DIR = outputs("solutions")  # outputs/ next to the notebook, like every output of the course
@@ -339,10 +339,12 @@ def short_run(name, degradation=PRESETS["course"], **changes):
 # %%
 runs = {"flow matching": short_run("flow_matching", objective="flow_matching", sigma_shift="auto"),
         "posterior mean (nano's recipe)": short_run("posterior_mean")}
-print(f"base model: {runs['flow matching'][1]['base']['psnr']:.2f} dB, degraded input "
-      f"{runs['flow matching'][1]['degraded']['psnr']:.2f} dB")
+reference_metrics = runs["flow matching"][1]
+print(f"validation photos, mean ± std: base model {spread(reference_metrics['base']['psnr_per_image'])} dB, "
+      f"degraded input {spread(reference_metrics['degraded']['psnr_per_image'])} dB")
 for name, (seconds, metrics) in runs.items():
-    print(f"{name:<32} {metrics['lora']['psnr']:.2f} dB, SSIM {metrics['lora']['ssim']:.3f}, {seconds / SHORT_STEPS:.2f} s/step")
+    print(f"{name:<32} {spread(metrics['lora']['psnr_per_image'])} dB, SSIM {metrics['lora']['ssim']:.3f}, "
+          f"{seconds / SHORT_STEPS:.2f} s/step")
 
 # %% [markdown]
 # After the same few steps, the flow-matching LoRA scores *below* the base model while the
@@ -429,7 +431,8 @@ course_loras = restore.load_loras(restorer, [course_lora])
 
 
 def mean_psnr(images, references):
-    return np.mean([psnr(image, reference) for image, reference in zip(images, references)])
+    """PSNR over the photos as `metrics.Spread`: printed as mean ± std."""
+    return spread([psnr(image, reference) for image, reference in zip(images, references)])
 
 
 # %% [markdown]
@@ -441,8 +444,8 @@ window_degraded = degrade_each(window, course)
 lora_window = restore.restore_images(restorer, window_degraded, seed=0)
 lora_tuning = restore.restore_images(restorer, degrade_each(tuning_window, course), seed=0)
 strength, _ = tune_strength(lora_tuning, tuning_window, "nlm")
-print(f"LoRA alone {mean_psnr(lora_window, window):.2f} dB; LoRA then non-local means (strength {strength:g}, "
-      f"tuned on the validation photos) {mean_psnr(classical_restore(lora_window, 'nlm', strength), window):.2f} dB")
+print(f"LoRA alone {mean_psnr(lora_window, window)} dB; LoRA then non-local means (strength {strength:g}, "
+      f"tuned on the validation photos) {mean_psnr(classical_restore(lora_window, 'nlm', strength), window)} dB")
 
 # %% [markdown]
 # Second, a LoRA trained on crops of that scale. A 64 px window of the photo at half size covers
@@ -457,7 +460,7 @@ for name in ("posterior_mean", "window_crops"):
     short_pipe = load_pipeline("nano")
     restore.load_loras(short_pipe, [RUNS / name])
     print(f"{SHORT_STEPS}-step LoRA on {'window-scale crops' if name == 'window_crops' else 'the recipe crops'}: "
-          f"{mean_psnr(restore.restore_images(short_pipe, window_degraded, seed=0), window):.2f} dB at the window scale")
+          f"{mean_psnr(restore.restore_images(short_pipe, window_degraded, seed=0), window)} dB at the window scale")
 
 # %% [markdown]
 # A denoiser after the LoRA removes part of the noise the LoRA left, when its strength (chosen on
@@ -472,7 +475,7 @@ for name in ("posterior_mean", "window_crops"):
 # %%
 old_photos = degrade_each(whole, PRESETS["old_photo"])
 points = lora_scale_sweep(restorer, course_loras, old_photos, whole, scales=(0.0, 1.0), seed=0)
-print(f"old_photo input {mean_psnr(old_photos, whole):.2f} dB, base model {points[0].mean_psnr:.2f} dB, "
+print(f"old_photo input {mean_psnr(old_photos, whole)} dB, base model {points[0].mean_psnr:.2f} dB, "
       f"LoRA {points[1].mean_psnr:.2f} dB")
 viz.image_grid([[old_photos[i], points[1].images[i], whole[i]] for i in range(2)],
                col_titles=["old_photo", "base + LoRA", "clean"], scale=1.6);
@@ -501,7 +504,7 @@ for label, text_length in {"with max_sequence_length=32": dict(max_sequence_leng
                            "without (the default, 512)": {}}.items():
     returned = plain(image=whole, prompt=["Restore this degraded photograph to high fidelity"] * len(whole),
                      guidance_scale=3.5, generator=torch.Generator().manual_seed(0), **size, **text_length).images
-    print(f"{label:<28} clean photos come back at {mean_psnr(returned, whole):.2f} dB")
+    print(f"{label:<28} clean photos come back at {mean_psnr(returned, whole)} dB")
 
 # %% [markdown]
 # With nano's own text length the base model returns the clean photo almost unchanged. Without

@@ -57,6 +57,14 @@ def build_validation_set(config: TrainConfig, validation_dir: Path) -> Validatio
     )
 
 
+def _psnr_text(scores: dict) -> str:
+    """"mean ± std" of `metrics.score_images` scores; the mean alone where an image scored inf (identical)."""
+    try:
+        return str(metrics.spread(scores["psnr_per_image"]))
+    except ValueError:
+        return f"{scores['psnr']:.2f}"
+
+
 @torch.no_grad()
 def restore_validation_images(pipe, validation: ValidationSet, cache, config: TrainConfig, batch_size: int) -> list:
     """Restore the degraded images with whatever adapter state the transformer has, through
@@ -148,8 +156,9 @@ class Validator:
         grid_path = self.folder / f"step-{step:06d}.png"
         comparison_grid({"degraded": self.validation.degraded, "base": self.base_images, "LoRA": restored,
                          "clean": self.validation.clean}).save(grid_path)
-        self.say(f"validation at step {step}: LoRA PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} "
-                 f"(base {self.base_scores['psnr']:.2f} dB / {self.base_scores['ssim']:.4f}) -> {grid_path}")
+        self.say(f"validation at step {step}: LoRA PSNR {_psnr_text(scores)} dB, SSIM {scores['ssim']:.4f} "
+                 f"(base {_psnr_text(self.base_scores)} dB / {self.base_scores['ssim']:.4f}; mean ± std over "
+                 f"{len(scores['psnr_per_image'])} validation photos) -> {grid_path}")
         self.last = {"step": step, "psnr": scores["psnr"], "ssim": scores["ssim"], "grid_path": str(grid_path),
                      "images": restored, "scores": scores}
         return self.last
