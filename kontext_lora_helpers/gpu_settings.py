@@ -198,10 +198,10 @@ their validations to `SHORTENED_VALIDATION_STEPS` denoising steps). The test sui
 notebooks and the README's times are full runs, without it."""
 
 
-SHORTENED_VALIDATION_STEPS = 4
+SHORTENED_VALIDATION_STEPS = 2
 """Denoising steps of each validation restoration in the runs `NOTEBOOK_STEPS_VARIABLE` shortens: a
-LoRA of a few steps is barely trained, and its validation only has to run (the recipe's 20 steps
-took most of such a run's time)."""
+LoRA of a few steps is barely trained, and its validation only has to run (fewer steps than the
+recipe's `train.RESTORATION_STEPS`)."""
 
 
 def notebook_runs_shortened() -> bool:

@@ -201,8 +201,9 @@ recipe_measurements_figure(NANO_RECIPE_MEASUREMENTS);
 #
 # ## 4. The run
 #
-# Every 100 steps the run restores the validation photos and measures them, and writes a checkpoint
-# it can resume from. The loss per step (blue) and its moving average show the training (with
+# Every 100 steps the run restores the validation photos and measures them (in the denoising steps
+# its objective needs, `train.RESTORATION_STEPS`: 4 for `posterior_mean`, which the saved LoRA file
+# records for notebook 05), and writes a checkpoint it can resume from. The loss per step (blue) and its moving average show the training (with
 # `posterior_mean`, the loss is the error of the clean latents, not of a velocity); the validation
 # PSNR (orange, right axis) shows what it is for.
 

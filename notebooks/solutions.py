@@ -391,9 +391,11 @@ short_run("jpeg", degradation=jpeg_only)
 
 
 def restored_by(lora_dirs):
+    """Restore the JPEG photos; every arm, the base model's too, at the steps notebook 04's LoRA records."""
     jpeg_pipe = load_pipeline("nano")
+    steps = restore.restoration_steps(jpeg_pipe, [course_lora])
     restore.load_loras(jpeg_pipe, lora_dirs)
-    return restore.restore_images(jpeg_pipe, damaged, seed=0)
+    return restore.restore_images(jpeg_pipe, damaged, num_inference_steps=steps, seed=0)
 
 
 results = {"JPEG input": damaged, "base model": restored_by([]), "notebook 04's LoRA": restored_by([course_lora]),
@@ -428,6 +430,7 @@ tuning_window = [centre_window(load_rgb(path).reduce(2), 64, 64) for path in tun
 course = PRESETS["course"]
 restorer = load_pipeline("nano")
 course_loras = restore.load_loras(restorer, [course_lora])
+STEPS = restore.restoration_steps(restorer, course_loras)  # what the LoRA file records, as in notebook 05
 
 
 def mean_psnr(images, references):
@@ -441,8 +444,8 @@ def mean_psnr(images, references):
 
 # %%
 window_degraded = degrade_each(window, course)
-lora_window = restore.restore_images(restorer, window_degraded, seed=0)
-lora_tuning = restore.restore_images(restorer, degrade_each(tuning_window, course), seed=0)
+lora_window = restore.restore_images(restorer, window_degraded, num_inference_steps=STEPS, seed=0)
+lora_tuning = restore.restore_images(restorer, degrade_each(tuning_window, course), num_inference_steps=STEPS, seed=0)
 strength, _ = tune_strength(lora_tuning, tuning_window, "nlm")
 print(f"LoRA alone {mean_psnr(lora_window, window)} dB; LoRA then non-local means (strength {strength:g}, "
       f"tuned on the validation photos) {mean_psnr(classical_restore(lora_window, 'nlm', strength), window)} dB")
@@ -460,7 +463,8 @@ for name in ("posterior_mean", "window_crops"):
     short_pipe = load_pipeline("nano")
     restore.load_loras(short_pipe, [RUNS / name])
     print(f"{SHORT_STEPS}-step LoRA on {'window-scale crops' if name == 'window_crops' else 'the recipe crops'}: "
-          f"{mean_psnr(restore.restore_images(short_pipe, window_degraded, seed=0), window)} dB at the window scale")
+          f"{mean_psnr(restore.restore_images(short_pipe, window_degraded, num_inference_steps=STEPS, seed=0), window)} "
+          "dB at the window scale")
 
 # %% [markdown]
 # A denoiser after the LoRA removes part of the noise the LoRA left, when its strength (chosen on
@@ -474,7 +478,8 @@ for name in ("posterior_mean", "window_crops"):
 
 # %%
 old_photos = degrade_each(whole, PRESETS["old_photo"])
-points = lora_scale_sweep(restorer, course_loras, old_photos, whole, scales=(0.0, 1.0), seed=0)
+points = lora_scale_sweep(restorer, course_loras, old_photos, whole, scales=(0.0, 1.0), num_inference_steps=STEPS,
+                          seed=0)
 print(f"old_photo input {mean_psnr(old_photos, whole)} dB, base model {points[0].mean_psnr:.2f} dB, "
       f"LoRA {points[1].mean_psnr:.2f} dB")
 viz.image_grid([[old_photos[i], points[1].images[i], whole[i]] for i in range(2)],
@@ -520,11 +525,13 @@ for label, text_length in {"with max_sequence_length=32": dict(max_sequence_leng
 
 # %%
 scales = (0.75, 1.0, 1.25)
-on_held_out = lora_scale_sweep(restorer, course_loras, degrade_each(whole, course), whole, scales=scales, seed=0)
+on_held_out = lora_scale_sweep(restorer, course_loras, degrade_each(whole, course), whole, scales=scales,
+                               num_inference_steps=STEPS, seed=0)
 training_photos = list_images(data_samples(), exclude=evaluation_dirs())[:6]
 for set_name, photos_of_set in {"validation": tuning, "training": training_photos}.items():
     crops = [prepare_photo(load_rgb(path), 64) for path in photos_of_set]
-    sweep = lora_scale_sweep(restorer, course_loras, degrade_each(crops, course), crops, scales=scales, seed=0)
+    sweep = lora_scale_sweep(restorer, course_loras, degrade_each(crops, course), crops, scales=scales,
+                             num_inference_steps=STEPS, seed=0)
     chosen = max(sweep, key=lambda point: point.mean_psnr).scale
     at_chosen = next(point for point in on_held_out if point.scale == chosen)
     print(f"chosen on {len(crops)} {set_name} photos: scale {chosen:g} -> {at_chosen.mean_psnr:.2f} dB on the test photos")

@@ -8,6 +8,8 @@ utilisation rests on are checked against PyTorch's own FLOP counter on a small c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import sys
@@ -163,16 +165,51 @@ def test_card_profile_script_runs_the_preflight_of_the_shallow_twin_in_tiny_mode
     assert row["estimated_run_seconds"] == pytest.approx(expected)
 
 
-def test_recipe_study_tiny_chooses_on_validation_and_reports_the_recipe_on_test(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_recipe_study(tmp_path_factory):
+    """`bench_recipe.py --tiny` for the recipe only; `bench_steps.py --tiny` reuses its LoRA."""
     sys.path.insert(0, str(BENCH_DIR))
     try:
         import bench_recipe
     finally:
         sys.path.remove(str(BENCH_DIR))
-    results = bench_recipe.main(["--tiny", "--variants", "recipe", "--work_dir", str(tmp_path)])
+    work_dir = tmp_path_factory.mktemp("bench_recipe")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = bench_recipe.main(["--tiny", "--variants", "recipe", "--work_dir", str(work_dir)])
+    return work_dir, results, printed.getvalue()
+
+
+def test_recipe_study_tiny_chooses_on_validation_and_reports_the_recipe_on_test(tiny_recipe_study):
+    work_dir, results, printed = tiny_recipe_study
     recipe = results["recipe"]
     assert recipe["validation"]["photo_set"] == "validation" and recipe["validation"]["num_images"] == 24
     assert recipe["test"]["photo_set"] == "test" and recipe["test"]["num_images"] == 16
     assert len(recipe["validation"]["per_image"]["lora"]) == 24
-    assert json.loads((tmp_path / "results-tiny.json").read_text()).keys() == {"recipe"}
-    assert "the recipe on the 16 test crops" in capsys.readouterr().out
+    assert json.loads((work_dir / "results-tiny.json").read_text()).keys() == {"recipe"}
+    assert "the recipe on the 16 test crops" in printed
+
+
+def test_steps_study_tiny_chooses_the_fewest_steps_on_validation_and_times_the_snippet(tiny_recipe_study, capsys):
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_steps
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    # the rule itself: the fewest steps within the tolerance of the most steps' per-crop PSNRs
+    reference = [30.0, 20.0]
+    assert bench_steps.fewest_good_steps({1: [29.0, 19.0], 2: [29.95, 19.9], 4: [30.1, 20.0]}, reference, 0.1) == 2
+    assert bench_steps.fewest_good_steps({1: [25.0, 15.0], 2: [29.0, 19.0]}, reference, 0.1) == 2  # none: the most
+
+    work_dir = tiny_recipe_study[0]
+    results = bench_steps.main(["--tiny", "--objectives", "posterior_mean", "--work_dir", str(work_dir)])
+    entry = results["objectives"]["posterior_mean"]
+    assert entry["lora_dir"] == str(work_dir / "recipe")  # the recipe study's LoRA, not trained again
+    assert set(entry["validation_curve"]) == {1, 2}
+    assert all(len(point["lora"]) == 24 for point in entry["validation_curve"].values())
+    assert entry["chosen_steps"] in {1, 2} and set(entry["test"]) == {entry["chosen_steps"], 2}
+    assert all(len(t["lora"]) == 16 for t in entry["test"].values())
+    timing = entry["timing"]
+    assert timing["images"] == 16 and timing["snippet_seconds"] > 0 and timing["package_seconds"] > 0
+    assert json.loads((work_dir / "steps-tiny.json").read_text())["objectives"].keys() == {"posterior_mean"}
+    assert "16 test crops" in capsys.readouterr().out

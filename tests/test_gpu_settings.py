@@ -9,7 +9,7 @@ import torch
 
 from kontext_lora_helpers import gpu_settings
 from kontext_lora_helpers.models import choose_device_and_dtype
-from kontext_lora_helpers.train import TrainConfig, command_line, parse_args
+from kontext_lora_helpers.train import RESTORATION_STEPS, TrainConfig, command_line, parse_args
 
 
 def test_weight_memory_is_parameters_times_bytes():
@@ -116,7 +116,8 @@ def test_the_test_suite_may_shorten_the_notebook_runs_but_never_lengthen_them(mo
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "20")
     shortened = gpu_settings.notebook_settings("nano", hr_root="d", output_dir="o")
     assert shortened.max_train_steps == 20
-    assert shortened.validation_inference_steps == gpu_settings.SHORTENED_VALIDATION_STEPS < TrainConfig().validation_inference_steps
+    assert shortened.validation_inference_steps == gpu_settings.SHORTENED_VALIDATION_STEPS < RESTORATION_STEPS[
+        "posterior_mean"]
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "100000")
     assert gpu_settings.notebook_nano_steps() == gpu_settings.NOTEBOOK_NANO_STEPS
     monkeypatch.setenv(gpu_settings.NOTEBOOK_STEPS_VARIABLE, "ten")

@@ -133,6 +133,30 @@ def test_save_and_load_round_trip(tmp_path):
     assert not torch.equal(expected, transformer_output(fresh_transformer(), batch))  # the LoRA matters
 
 
+def test_a_saved_lora_records_its_restoration_steps_and_restore_defaults_to_them(tmp_path):
+    from kontext_lora_helpers import restore
+
+    transformer = lora.add_lora(fresh_transformer(), rank=RANK)
+    recorded = lora.save_lora(transformer, tmp_path / "recorded", restoration_steps=5)
+    plain = lora.save_lora(transformer, tmp_path / "plain")  # as a file from elsewhere: no record
+    with safe_open(str(recorded), "pt") as saved:
+        metadata = saved.metadata()
+    assert metadata[lora.RESTORATION_STEPS_METADATA_KEY] == "5"
+    assert lora.adapter_metadata(metadata)["r"] == RANK  # diffusers' own entry is still there
+    assert not list((tmp_path / "recorded").glob("*.partial"))  # written whole, then renamed
+    pipe = build_nano_pipeline(allow_missing=True)
+    assert lora.check_lora_fits(pipe.transformer, recorded)["restoration_steps"] == 5
+    assert lora.check_lora_fits(pipe.transformer, plain)["restoration_steps"] is None
+    assert restore.restoration_steps(pipe, [recorded]) == 5
+    assert restore.restoration_steps(pipe, [plain]) == restore.default_num_inference_steps(pipe) == 28
+    assert restore.restoration_steps(pipe, []) == 28
+    loaded = restore.load_loras(pipe, [recorded, plain])
+    assert restore.restoration_steps(pipe, loaded) == 5
+    loaded[0]["scale"] = 0.0  # a LoRA switched off does not choose the steps
+    assert restore.restoration_steps(pipe, loaded) == 28
+    assert lora.recorded_restoration_steps({lora.RESTORATION_STEPS_METADATA_KEY: "many"}) is None
+
+
 def test_one_layer_follows_w_plus_scaled_b_a():
     transformer = lora.add_lora(fresh_transformer(), rank=RANK, lora_alpha=8)
     layer = transformer.transformer_blocks[0].attn.to_q

@@ -174,7 +174,7 @@ def test_check_lora_runs_the_original_guides_snippet_in_plain_diffusers(tmp_path
     transformer = FluxKontextPipeline.from_pretrained(tmp_path / "nano").transformer
     lora_ops.add_lora(transformer, rank=2)
     lora_ops.save_lora(transformer, tmp_path / "zero")
-    # 4 steps: this checks the plumbing; `nano check-lora` itself runs the pipeline's default 28
+    # 4 steps: this checks the plumbing (these files record no steps, so `nano check-lora` would run 28)
     assert default_num_inference_steps(FluxKontextPipeline) == 28
     zero = check_restoration_lora(tmp_path / "zero", pipeline_dir=tmp_path / "nano", num_inference_steps=4)
     assert zero["num_images"] == 16 and zero["num_inference_steps"] == 4

@@ -31,6 +31,7 @@ from kontext_lora_helpers.prompts import DEFAULT_INSTANCE_PROMPT
 from kontext_lora_helpers.train import (
     EMA_WEIGHT_NAME,
     MODEL_RECIPES,
+    RESTORATION_STEPS,
     ConfigError,
     TrainConfig,
     TrainingDiverged,
@@ -293,6 +294,18 @@ def test_metrics_json_has_lora_base_and_degraded_numbers_on_the_same_images(shor
     assert report["lora_gain_over_base_db"] == pytest.approx(report["lora"]["psnr"] - report["base"]["psnr"])
     assert [h["step"] for h in report["history"]] == [0, 2, 4]
     assert report["num_inference_steps"] == 3 and report["resolution"] == 64
+
+
+def test_the_lora_file_records_its_objectives_restoration_steps_and_validation_defaults_to_them(short_run, tmp_path):
+    from kontext_lora_helpers.lora import check_lora_fits
+
+    pipe = models.load_pipeline("nano")
+    recorded = check_lora_fits(pipe.transformer, short_run["output_dir"])["restoration_steps"]
+    assert recorded == RESTORATION_STEPS["posterior_mean"] < RESTORATION_STEPS["flow_matching"] == 28
+    resolved = {objective: check_config(quick_config(tmp_path / objective, objective=objective,
+                                                     validation_inference_steps=None))
+                for objective in RESTORATION_STEPS}
+    assert {objective: config.validation_inference_steps for objective, config in resolved.items()} == RESTORATION_STEPS
 
 
 def test_one_fixed_prompt_is_encoded_exactly_once(short_run):

@@ -32,10 +32,12 @@ from .files import (
     DIFFUSERS_KEY,
     DIFFUSERS_METADATA_KEY,
     LORA_WEIGHT_NAME,
+    RESTORATION_STEPS_METADATA_KEY,
     LoraFileError,
     adapter_metadata,
     check_lora_fits,
     read_safetensors,
+    recorded_restoration_steps,
     resolve_lora_file,
 )
 from .layouts import (
@@ -60,11 +62,11 @@ from .merge import load_transformer_for_merge, merge_lora_into_transformer, save
 __all__ = [
     "DIFFUSERS_KEY", "DIFFUSERS_METADATA_KEY", "DOUBLE_BLOCK_LAYOUT", "DOUBLE_BLOCK_TARGETS", "FORMATS",
     "FUSED_RANKS_METADATA_KEY", "LORA_WEIGHT_NAME", "LoraEMA", "LoraFileError", "LoraLayer",
-    "SINGLE_BLOCK_LAYOUT", "SINGLE_BLOCK_TARGETS", "adapter_metadata", "add_lora", "check_lora_fits",
+    "RESTORATION_STEPS_METADATA_KEY", "SINGLE_BLOCK_LAYOUT", "SINGLE_BLOCK_TARGETS", "adapter_metadata", "add_lora", "check_lora_fits",
     "check_output_path", "convert_lora_file", "count_parameters", "default_target_modules",
     "describe_parameters", "detect_lora_format", "gradient_census", "layers_from_comfyui",
     "layers_from_diffusers", "layers_to_comfyui", "layers_to_diffusers", "load_lora_into",
     "load_transformer_for_merge", "lora_gradient_norm", "lora_layer_parts", "lora_parameters",
     "lora_state_dict", "merge_lora_into_transformer", "read_lora", "read_safetensors",
-    "resolve_lora_file", "save_lora", "save_merged_transformer", "save_safetensors_atomically", "write_lora",
+    "recorded_restoration_steps", "resolve_lora_file", "save_lora", "save_merged_transformer", "save_safetensors_atomically", "write_lora",
 ]

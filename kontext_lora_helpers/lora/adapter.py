@@ -157,25 +157,45 @@ def lora_state_dict(transformer, adapter_name: str = "default") -> dict[str, tor
     return {f"transformer.{key}": value for key, value in state.items()}
 
 
-def save_lora(transformer, output_dir, adapter_name: str = "default", weight_name: str = LORA_WEIGHT_NAME) -> Path:
+def save_lora(transformer, output_dir, adapter_name: str = "default", weight_name: str = LORA_WEIGHT_NAME,
+              restoration_steps: int | None = None) -> Path:
     """Write ``output_dir/pytorch_lora_weights.safetensors`` with `FluxKontextPipeline.save_lora_weights`.
 
     The adapter's `LoraConfig` (rank, alpha, targets) goes into the file's metadata, so
     ``pipe.load_lora_weights(output_dir)`` rebuilds the same scale ``alpha / r`` even when alpha is
     not the rank. Another `weight_name` loads with ``load_lora_weights(output_dir, weight_name=...)``.
+    `restoration_steps`, when given, is recorded too (`RESTORATION_STEPS_METADATA_KEY`): the
+    denoising steps the LoRA restores with, which ``restore`` and ``nano check-lora`` default to.
+    The file is written under a temporary name and renamed into place, so it is whole or absent.
 
     Returns:
         the path of the written file.
     """
+    import json
+
     from diffusers import FluxKontextPipeline
     from peft.utils import get_peft_model_state_dict
 
+    from ..fileio import write_atomically
+    from .files import DIFFUSERS_METADATA_KEY, RESTORATION_STEPS_METADATA_KEY
+
     output_dir = Path(output_dir)
     layers = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
-    metadata = transformer.peft_config[adapter_name].to_dict()
+    # diffusers' own metadata (`_save_lora_weights` packs the LoraConfig under "transformer.<key>",
+    # `write_lora_layers` stores it as JSON), written here so that the step count can join it.
+    adapter_config = {f"transformer.{key}": sorted(value) if isinstance(value, set) else value
+                      for key, value in transformer.peft_config[adapter_name].to_dict().items()}
+    metadata = {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(adapter_config, indent=2, sort_keys=True)}
+    if restoration_steps is not None:
+        metadata[RESTORATION_STEPS_METADATA_KEY] = str(int(restoration_steps))
+
+    def save_whole(tensors, filename) -> None:
+        from safetensors.torch import save_file
+
+        write_atomically(Path(filename), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
     FluxKontextPipeline.save_lora_weights(
-        output_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata,
-        weight_name=weight_name,
+        output_dir, transformer_lora_layers=layers, weight_name=weight_name, save_function=save_whole,
     )
     return output_dir / weight_name
 

@@ -21,8 +21,10 @@ __all__ = [
     "DIFFUSERS_METADATA_KEY",
     "LORA_WEIGHT_NAME",
     "LoraFileError",
+    "RESTORATION_STEPS_METADATA_KEY",
     "adapter_metadata",
     "check_lora_fits",
+    "recorded_restoration_steps",
     "read_safetensors",
     "resolve_lora_file",
 ]
@@ -34,6 +36,10 @@ DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 """The safetensors metadata key under which diffusers stores the adapter's ``LoraConfig`` as JSON
 (``diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY``)."""
 
+RESTORATION_STEPS_METADATA_KEY = "kontext_lora_restoration_steps"
+"""The safetensors metadata key under which the trainer records how many denoising steps the LoRA
+restores with (its objective's measured count, `train.RESTORATION_STEPS`); diffusers ignores it."""
+
 DIFFUSERS_KEY = re.compile(r"^(?:transformer\.)?(?P<module>.+)\.(?P<kind>lora_A\.weight|lora_B\.weight|alpha)$")
 """One tensor of a diffusers-layout LoRA: ``[transformer.]<module>.lora_A.weight`` (A, (rank, in)),
 ``.lora_B.weight`` (B, (out, rank)) or ``.alpha`` (a scalar some writers add)."""
@@ -41,6 +47,17 @@ DIFFUSERS_KEY = re.compile(r"^(?:transformer\.)?(?P<module>.+)\.(?P<kind>lora_A\
 
 class LoraFileError(ValueError):
     """A LoRA file that cannot be used as asked; the message names the file, the reason and the fix."""
+
+
+def recorded_restoration_steps(file_metadata: dict[str, str]) -> int | None:
+    """The denoising steps a LoRA file records (`RESTORATION_STEPS_METADATA_KEY`), or None when the
+    file records none (files from elsewhere) or an unreadable value."""
+    raw = file_metadata.get(RESTORATION_STEPS_METADATA_KEY)
+    try:
+        steps = int(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return steps if steps is not None and steps >= 1 else None
 
 
 def resolve_lora_file(path: str | os.PathLike) -> Path:
@@ -135,7 +152,8 @@ def check_lora_fits(transformer, path: str | os.PathLike) -> dict:
     diffusers widen the model's own layers (its Flux Control path) before failing.
 
     Returns:
-        {"file": str, "format": "diffusers" | "other", "layers": int | None, "ranks": sorted list of int}
+        {"file": str, "format": "diffusers" | "other", "layers": int | None, "ranks": sorted list of
+        int, "restoration_steps": the steps the file records (`recorded_restoration_steps`) or None}
 
     Raises:
         LoraFileError: missing or unreadable file, a file for another architecture, module names
@@ -155,7 +173,8 @@ def check_lora_fits(transformer, path: str | os.PathLike) -> dict:
             "is it a LoRA for another architecture (Stable Diffusion, SDXL, ...)?"
         )
     if other_layouts or not all(DIFFUSERS_KEY.fullmatch(key) for key in transformer_keys):
-        return {"file": str(file), "format": "other", "layers": None, "ranks": []}
+        return {"file": str(file), "format": "other", "layers": None, "ranks": [],
+                "restoration_steps": recorded_restoration_steps(metadata)}
 
     layers: dict[str, dict[str, tuple]] = {}
     for key in transformer_keys:
@@ -207,4 +226,5 @@ def check_lora_fits(transformer, path: str | os.PathLike) -> dict:
             f"{file}: does not fit this model's transformer ({len(misfits)} layer(s)), e.g. {misfits[0]}; "
             "it was trained for another model or its file is damaged"
         )
-    return {"file": str(file), "format": "diffusers", "layers": len(layers), "ranks": sorted(ranks)}
+    return {"file": str(file), "format": "diffusers", "layers": len(layers), "ranks": sorted(ranks),
+            "restoration_steps": recorded_restoration_steps(metadata)}

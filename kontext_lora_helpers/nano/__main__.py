@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import positive_int
 from .model import COMPONENT_FILES, WEIGHTS_DIR
 
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                        "course's (--seed_flags: the old name)")
     check.add_argument("--photos", choices=("test", "validation"), default="test",
                        help="the 16 test crops (to report; default) or the 24 validation crops (to choose on)")
+    check.add_argument("--num_inference_steps", type=positive_int, default=None,
+                       help="denoising steps of both restorations (default: what the LoRA records, 4 for nano's "
+                       "recipe; 28, the pipeline's default, for files that record none)")
     return parser
 
 
@@ -82,7 +86,7 @@ def _check_lora(args) -> int:
     if not (args.lora_dir / LORA_WEIGHT_NAME).is_file():
         sys.exit(f"error: {args.lora_dir} holds no {LORA_WEIGHT_NAME}; pass a training --output_dir.")
     result = check_restoration_lora(args.lora_dir, GUIDE_BAR if args.original_guide_flags else RESTORATION_BAR,
-                                    photo_set=args.photos)
+                                    photo_set=args.photos, num_inference_steps=args.num_inference_steps)
     spreads = result["spread"]
     print(f"{result['num_images']} {args.photos} crops, {result['num_inference_steps']} steps; "
           "PSNR mean ± std over the crops:")

@@ -85,11 +85,12 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
     the 16 test crops at 64x64 by default, or the 24 validation crops to choose on; never trained
     on) degraded with `degradation` (default `RESTORATION_BAR`), once
     without and once with ``load_lora_weights(lora_dir)``, as the original guide's inference snippet
-    does: guidance 3.5, the pipeline's default number of steps, at the crops' own size, through
-    `inference.restore_batch` and scored with `metrics.psnr` like every figure of the course.
+    does: guidance 3.5, at the crops' own size, through `inference.restore_batch`, scored with
+    `metrics.psnr` like every figure of the course.
 
-    ``num_inference_steps`` (default: the pipeline's, as the snippet uses) is for tests of the
-    plumbing, which need not pay for 28 steps. ``pipe``: an already loaded plain
+    ``num_inference_steps``: both restorations use the same count; the default is what the LoRA file
+    records (`train.RESTORATION_STEPS`: 4 for nano's recipe), else the pipeline's default (28, the
+    snippet's). ``pipe``: an already loaded plain
     ``FluxKontextPipeline`` without LoRA (a study that checks many LoRAs loads it once); its LoRA is
     unloaded again before returning.
 
@@ -106,6 +107,7 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
 
     from ..models import GUIDANCE_SCALE
     from ..inference import default_num_inference_steps
+    from ..lora import check_lora_fits
     from .model import build_nano_pipeline
 
     degradation = RESTORATION_BAR if degradation is None else degradation
@@ -121,7 +123,8 @@ def check_restoration_lora(lora_dir, degradation: DegradationConfig | None = Non
             pil_to_tensor(apply_degradation(image, degradation, seed=seed + i)[0])
             for i, image in enumerate(tensor_to_pils(clean))
         ])
-        steps = num_inference_steps or default_num_inference_steps(pipe)
+        steps = (num_inference_steps or check_lora_fits(pipe.transformer, lora_dir)["restoration_steps"]
+                 or default_num_inference_steps(pipe))
 
         def restore() -> list:
             return restore_batch(pipe, tensor_to_pils(degraded), DEFAULT_INSTANCE_PROMPT, steps, GUIDANCE_SCALE, seed)

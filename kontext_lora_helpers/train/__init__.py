@@ -100,6 +100,7 @@ from .checkpoints import (
 from .config import (
     MODEL_RECIPES,
     NANO_RECIPE_MEASUREMENTS,
+    RESTORATION_STEPS,
     RecipeMeasurement,
     ConfigError,
     TrainConfig,
@@ -132,7 +133,7 @@ from .validation import VALIDATION_SEED, ValidationSet, Validator, build_validat
 
 __all__ = [
     "CHECKPOINT_PREFIX", "CHECKPOINT_STATE_FILE", "CONFIG_FILE", "EMA_WEIGHT_NAME", "LOSS_CURVE_FILE",
-    "METRICS_FILE", "MODEL_RECIPES", "NANO_RECIPE_MEASUREMENTS", "RecipeMeasurement", "VALIDATION_SEED", "ConfigError", "EpochShuffleSampler", "TrainConfig",
+    "METRICS_FILE", "MODEL_RECIPES", "NANO_RECIPE_MEASUREMENTS", "RESTORATION_STEPS", "RecipeMeasurement", "VALIDATION_SEED", "ConfigError", "EpochShuffleSampler", "TrainConfig",
     "TrainingDiverged", "TrainingProgress", "ValidationSet", "Validator", "build_parser",
     "build_validation_set", "cache_prompt_embeddings", "check_config", "check_distributed_type",
     "command_line", "comparison_grid", "latest_checkpoint", "list_checkpoints", "load_pipeline_and_prompt_cache",

@@ -32,6 +32,7 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .config import (
+    RESTORATION_STEPS,
     TrainConfig,
     _differences,
     _training_excludes,
@@ -535,7 +536,8 @@ def train(
                 f"{report['degraded']['psnr']:.2f} dB / {report['degraded']['ssim']:.4f}")
         if is_main:
             with averaged():
-                result["lora_path"] = str(lora_ops.save_lora(transformer, output_dir))
+                result["lora_path"] = str(lora_ops.save_lora(
+                    transformer, output_dir, restoration_steps=RESTORATION_STEPS[config.objective]))
             say(f"LoRA saved to {result['lora_path']} ({progress.global_step} steps, "
                 f"{result['steps_per_second']:.2f} steps/s)")
     if is_main and progress.losses:
