@@ -56,10 +56,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .degradations import DegradationConfig, apply_degradation_steps, sample_degradation_steps
-from .images import ImageInfo, find_usable_images, load_rgb
+from .images import ImageInfo, UnusableImageError, find_usable_images, load_rgb
 from .prompts import PROMPT_MODES, restoration_prompt
 
 __all__ = [
+    "ChangedImageWarning",
     "DegDataset",
     "PairedDataset",
     "UnmatchedPairWarning",
@@ -75,6 +76,11 @@ RESOLUTION_MULTIPLE = 16
 
 class UpscaledImageWarning(UserWarning):
     """Some photos are smaller than ``resolution`` and will be enlarged (and so look soft)."""
+
+
+class ChangedImageWarning(UserWarning):
+    """A training photo became unreadable after the dataset was built (deleted, truncated or
+    replaced while a run trains); another photo stands in for it. Given once per photo."""
 
 
 class UnmatchedPairWarning(UserWarning):
@@ -320,6 +326,7 @@ class DegDataset(_PairDatasetBase):
         **degradation_options: Any,
     ):
         super().__init__(resolution, repeats, seed, random_flip, center_crop, crop_scale)
+        self.unreadable: set[Path] = set()  # photos that became unreadable during the run (`_load_clean`)
         known_fields = {item.name for item in fields(DegradationConfig)}
         unknown = sorted(set(degradation_options) - known_fields)
         if unknown:
@@ -393,16 +400,35 @@ class DegDataset(_PairDatasetBase):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        info = self.images[index % len(self.images)]
+        info, clean, replaced = self._load_clean(index)
         geometry_rng, degradation_rng = self._item_generators(index)
-        clean = load_rgb(info.path, min_short_side=self.resolution)
         target = self._geometry(clean.size, geometry_rng).apply(clean)
         # Degrade after cropping, so control and target share every pixel position.
         control, record = apply_degradation_steps(
             target, sample_degradation_steps(self.config, degradation_rng)
         )
         prompt = restoration_prompt(record, self.instance_prompt, self.prompt_mode)
-        return self._item(control, target, prompt, record, info.path, index)
+        item = self._item(control, target, prompt, record, info.path, index)
+        item["replaced"] = str(replaced) if replaced is not None else ""
+        return item
+
+    def _load_clean(self, index: int) -> tuple[ImageInfo, Image.Image, Path | None]:
+        """Item `index`'s photo, or, when it became unreadable since the dataset was built, the next
+        readable one (one `ChangedImageWarning` per photo). Returns (info, RGB image, the unreadable
+        photo's path or None)."""
+        photo = index % len(self.images)
+        for offset in range(len(self.images)):
+            info = self.images[(photo + offset) % len(self.images)]
+            try:
+                return info, load_rgb(info.path, min_short_side=self.resolution), self.images[photo].path if offset else None
+            except (UnusableImageError, OSError) as error:
+                if info.path not in self.unreadable:
+                    self.unreadable.add(info.path)
+                    reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+                    warnings.warn(f"{info.path} can no longer be read ({reason}); another training photo "
+                                  "stands in for it from now on", ChangedImageWarning, stacklevel=3)
+        raise RuntimeError(f"none of the {len(self.images)} training photos can be read any more "
+                           f"(all changed since the run started); check {self.images[0].path.parent}")
 
 
 def _stem_key(path: Path, root: Path) -> str:

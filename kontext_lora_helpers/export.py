@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli import fail
+from .fileio import disk_full_message, is_disk_full
 from .lora import (
     FORMATS,
     LORA_WEIGHT_NAME,
@@ -75,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layers, source_format = read_lora(args.lora_weights)
         if args.merge_into_transformer is None:
-            output = write_lora(layers, args.output, args.format, overwrite=args.overwrite)
+            try:
+                output = write_lora(layers, args.output, args.format, overwrite=args.overwrite)
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                return fail(disk_full_message(args.output, error, Path(args.lora_weights).stat().st_size))
             ranks = sorted({layer.rank for layer in layers.values()})
             print(f"read {len(layers)} LoRA layers ({source_format} layout, rank {', '.join(map(str, ranks))}); "
                   f"wrote {output} in the {args.format} layout")
@@ -92,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         save_merged_transformer(transformer, output, overwrite=args.overwrite)
     except (LoraFileError, ModelLoadError) as error:
         return fail(str(error))
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        return fail(disk_full_message(output, error, sum(p.numel() * p.element_size() for p in transformer.parameters())))
     print(f"merged {len(merged)} LoRA layers (strength {args.strength:g}) into the transformer of "
           f"{args.merge_into_transformer}; wrote {output}")
     return 0

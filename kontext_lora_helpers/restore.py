@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import fail, non_negative_int, positive_int
-from .fileio import write_atomically, write_json_atomically
+from .fileio import DiskFullError, disk_full_message, is_disk_full, write_atomically, write_json_atomically
 from .images import SkippedImageWarning, UnusableImageError, find_usable_images, load_rgb, validate_image
 from .inference import (
     default_num_inference_steps,
@@ -484,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def finish(job, image, restored, layout) -> None:
         source, relative, image_path, record_path = job
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(image_path, lambda temporary: restored.save(temporary, format="PNG"))
+        try:
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(image_path, lambda temporary: restored.save(temporary, format="PNG"))
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise DiskFullError(error.errno, disk_full_message(image_path, error, 4 * restored.width * restored.height)
+                                + " The images written before it are whole.") from error
         record = {
             "source": str(source),
             "output": image_path.name,
@@ -506,33 +512,36 @@ def main(argv: list[str] | None = None) -> int:
             pending.clear()
 
     written, skipped = 0, 0
-    progress = tqdm(jobs, desc="restoring", unit="image", disable=len(jobs) < 2)
-    for job in progress:
-        try:
-            image = load_rgb(job[0])
-        except UnusableImageError as error:  # changed on disk since it was checked
-            if source_root.is_file():
-                return fail(f"cannot use --input: {error}")
-            print(f"skipping {job[0]}: {error.reason}", file=sys.stderr)
-            skipped += 1
-            continue
-        try:
-            layout = plan_tiles(*image.size, args.tile_size or native, multiple, args.tile_overlap) if args.tile else None
-        except ValueError as error:  # an overlap as long as the tile
-            return fail(f"{job[0]}: {error}")
-        if layout is not None:
-            restored = restore_image(pipe, image, args.prompt, steps, args.guidance_scale, args.seed, tile=True,
-                                     tile_overlap=args.tile_overlap, batch_size=args.batch_size,
-                                     tile_size=args.tile_size)
-            finish(job, image, restored, layout)
-        else:
-            if pending and pending[0][1].size != image.size:
-                flush()
-            pending.append((job, image))
-            if len(pending) >= args.batch_size:
-                flush()
-        written += 1
-    flush()
+    try:
+        progress = tqdm(jobs, desc="restoring", unit="image", disable=len(jobs) < 2)
+        for job in progress:
+            try:
+                image = load_rgb(job[0])
+            except UnusableImageError as error:  # changed on disk since it was checked
+                if source_root.is_file():
+                    return fail(f"cannot use --input: {error}")
+                print(f"skipping {job[0]}: {error.reason}", file=sys.stderr)
+                skipped += 1
+                continue
+            try:
+                layout = plan_tiles(*image.size, args.tile_size or native, multiple, args.tile_overlap) if args.tile else None
+            except ValueError as error:  # an overlap as long as the tile
+                return fail(f"{job[0]}: {error}")
+            if layout is not None:
+                restored = restore_image(pipe, image, args.prompt, steps, args.guidance_scale, args.seed, tile=True,
+                                         tile_overlap=args.tile_overlap, batch_size=args.batch_size,
+                                         tile_size=args.tile_size)
+                finish(job, image, restored, layout)
+            else:
+                if pending and pending[0][1].size != image.size:
+                    flush()
+                pending.append((job, image))
+                if len(pending) >= args.batch_size:
+                    flush()
+            written += 1
+        flush()
+    except DiskFullError as error:
+        return fail(str(error))
     print(f"wrote {written} restored image(s) and their JSON records to {output_root}"
           + (f" ({skipped} skipped)" if skipped else ""))
     return 0

@@ -11,7 +11,7 @@ tuples, arrays come back with their dtype) and never executes anything from the 
     save_state(optimizer.state_dict(), folder / "optimizer.safetensors")
     optimizer.load_state_dict(load_state(folder / "optimizer.safetensors"))
 
-Files are written atomically (`fileio.write_atomically`). Checkpoints of earlier versions of this
+Files are written atomically (`fileio.write_safetensors_atomically`). Checkpoints of earlier versions of this
 package hold ``.pt`` pickles; `load_legacy_pickle` reads those with ``torch.load(weights_only=True)``
 and an allow-list of the numpy types a random state needs, which refuses anything else.
 """
@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .fileio import write_atomically
+from .fileio import write_safetensors_atomically
 
 __all__ = ["StateFileError", "load_legacy_pickle", "load_state", "save_state"]
 
@@ -96,8 +95,7 @@ def save_state(state: Any, path: str | os.PathLike) -> Path:
     """
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps({"version": FORMAT_VERSION, "state": _encode(state, tensors)})
-    return write_atomically(path, lambda temporary: save_file(tensors, str(temporary),
-                                                              metadata={STRUCTURE_KEY: structure}))
+    return write_safetensors_atomically(path, tensors, {STRUCTURE_KEY: structure})
 
 
 def load_state(path: str | os.PathLike) -> Any:

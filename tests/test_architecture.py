@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kontext_lora_helpers"
 
 STAGES: dict[str, int] = {
     # base: files, photos, the one metric, command-line helpers
-    "course": 0, "fileio": 0, "statefiles": 0, "images": 0, "metrics": 0, "cli": 0,
+    "course": 0, "faults": 0, "fileio": 0, "statefiles": 0, "images": 0, "metrics": 0, "cli": 0,
     # 01 degradations
     "degradations": 1, "prompts": 1, "degrade": 1,
     # 02 pairs, the model, latents, running the pipeline

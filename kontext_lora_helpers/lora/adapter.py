@@ -176,7 +176,7 @@ def save_lora(transformer, output_dir, adapter_name: str = "default", weight_nam
     from diffusers import FluxKontextPipeline
     from peft.utils import get_peft_model_state_dict
 
-    from ..fileio import write_atomically
+    from ..fileio import write_safetensors_atomically
     from .files import DIFFUSERS_METADATA_KEY, RESTORATION_STEPS_METADATA_KEY
 
     output_dir = Path(output_dir)
@@ -190,9 +190,7 @@ def save_lora(transformer, output_dir, adapter_name: str = "default", weight_nam
         metadata[RESTORATION_STEPS_METADATA_KEY] = str(int(restoration_steps))
 
     def save_whole(tensors, filename) -> None:
-        from safetensors.torch import save_file
-
-        write_atomically(Path(filename), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+        write_safetensors_atomically(filename, tensors, metadata)
 
     FluxKontextPipeline.save_lora_weights(
         output_dir, transformer_lora_layers=layers, weight_name=weight_name, save_function=save_whole,

@@ -78,7 +78,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import write_atomically
+from ..fileio import write_safetensors_atomically
 from .files import (
     DIFFUSERS_KEY,
     DIFFUSERS_METADATA_KEY,
@@ -642,10 +642,8 @@ def check_output_path(output: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def save_safetensors_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str], output: Path) -> Path:
-    """`safetensors.torch.save_file` through `fileio.write_atomically` (the input may be the output)."""
-    from safetensors.torch import save_file
-
-    return write_atomically(output, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    """`fileio.write_safetensors_atomically` (the input may be the output)."""
+    return write_safetensors_atomically(output, tensors, metadata)
 
 
 def write_lora(layers: dict[str, LoraLayer], output: str | os.PathLike, format: str, overwrite: bool = False) -> Path:

@@ -144,11 +144,14 @@ __all__ = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line: parse, train, report. Returns 0, 1 (refused or diverged) or 130 (Ctrl-C)."""
+    """The command line: parse, train, report. Returns 0, 1 (refused, diverged, the folder in use
+    or the disk full) or 130 (Ctrl-C)."""
+    from ..fileio import DiskFullError, FolderLockedError
+
     config = parse_args(argv)
     try:
         result = train(config)
-    except (ConfigError, TrainingDiverged) as error:
+    except (ConfigError, TrainingDiverged, FolderLockedError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 130 if result["status"] == "interrupted" else 0

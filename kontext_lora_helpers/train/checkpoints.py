@@ -7,13 +7,18 @@ optimizer, learning-rate scheduler, grad-scaler and random states (``<name>.safe
 `statefiles.save_state`: tensors and JSON, no pickle, so resuming a checkpoint someone else made
 runs none of its code), and ``training_state.json``: the position in
 the data (epoch and batches already used), the loss history and the config. Each is written into
-``checkpoint-N.tmp/`` and renamed when complete (``training_state.json`` last). An interrupted and
-resumed run ends with the same LoRA as an uninterrupted one (tested with a real kill).
+``checkpoint-N.tmp/`` and renamed when complete; ``manifest.json`` (every file's size and SHA-256)
+comes second to last and ``training_state.json`` last. A checkpoint whose files do not match its
+manifest (a half-copied folder, a truncated file) is skipped with a message naming it, and
+``latest`` falls back to the newest one that verifies. An interrupted and resumed run ends with
+the same LoRA as an uninterrupted one: `tests/test_faults.py` kills the trainer with SIGKILL at
+chosen moments, inside checkpoint writes and the final save included, and resumes each time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import lora as lora_ops
+from ..faults import fault_point
 from ..statefiles import load_legacy_pickle, load_state, save_state
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "CHECKPOINT_STATE_FILE",
     "EMA_WEIGHT_NAME",
+    "MANIFEST_FILE",
     "TrainingProgress",
     "checkpoint_to_resume",
     "latest_checkpoint",
@@ -44,12 +51,16 @@ __all__ = [
     "resolve_checkpoint_path",
     "resume_from",
     "saved_settings",
+    "verify_checkpoint",
     "write_checkpoint",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_STATE_FILE = "training_state.json"
 """Written last inside a checkpoint: a checkpoint folder without it is incomplete."""
+MANIFEST_FILE = "manifest.json"
+"""Inside a checkpoint: {"files": {name: {"bytes": int, "sha256": hex}}} for every file but
+``training_state.json`` (which is written after it, and parsed to be checked)."""
 EMA_WEIGHT_NAME = "ema_lora_weights.safetensors"
 """A checkpoint's averaged LoRA weights (`lora.LoraEMA`); its ``pytorch_lora_weights.safetensors``
 holds the trained ones, which resuming continues from."""
@@ -89,10 +100,67 @@ def list_checkpoints(output_dir) -> list[Path]:
     return sorted(found, key=_checkpoint_step)
 
 
-def latest_checkpoint(output_dir) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path) -> str | None:
+    """What is wrong with a complete-looking checkpoint, or None when it is whole.
+
+    Checks that ``training_state.json`` parses and that every file of ``manifest.json`` is there
+    with its recorded size and SHA-256. A checkpoint written before manifests existed (no
+    ``manifest.json``) is accepted as it is.
+
+    Returns:
+        None, or one sentence naming the first problem (the file and what differs).
+    """
+    path = Path(path)
+    try:
+        json.loads((path / CHECKPOINT_STATE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        return f"{CHECKPOINT_STATE_FILE} cannot be read ({type(error).__name__}: {error})"
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return None
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{MANIFEST_FILE} cannot be read ({type(error).__name__}: {error})"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes, the manifest says {expected['bytes']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest (changed or damaged)"
+    return None
+
+
+def latest_checkpoint(output_dir, say=None) -> Path | None:
+    """The newest complete checkpoint that verifies (`verify_checkpoint`), or None.
+
+    Args:
+        say: called with one message for each newer checkpoint that fails verification and is
+            skipped (default: `warnings.warn`).
+    """
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            return checkpoint
+        message = f"skipping {checkpoint}: {problem}; resuming from the newest checkpoint that verifies instead"
+        if say is None:
+            import warnings
+
+            warnings.warn(message, stacklevel=2)
+        else:
+            say(message)
+    return None
 
 
 def resolve_checkpoint_path(output_dir: Path, name: str) -> Path:
@@ -136,16 +204,30 @@ def write_checkpoint(output_dir, step: int, transformer, optimizer, lr_scheduler
     staging = output_dir / f"{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    lora_ops.save_lora(transformer, staging)
+    writers = [lambda: lora_ops.save_lora(transformer, staging)]
     if ema is not None:
-        with ema.applied():
-            lora_ops.save_lora(transformer, staging, weight_name=EMA_WEIGHT_NAME)
-    save_state(optimizer.state_dict(), staging / "optimizer.safetensors")
-    save_state(lr_scheduler.state_dict(), staging / "scheduler.safetensors")
-    save_state(_random_states(), staging / "random_states.safetensors")
+        def save_average():
+            with ema.applied():
+                lora_ops.save_lora(transformer, staging, weight_name=EMA_WEIGHT_NAME)
+        writers.append(save_average)
+    writers += [lambda: save_state(optimizer.state_dict(), staging / "optimizer.safetensors"),
+                lambda: save_state(lr_scheduler.state_dict(), staging / "scheduler.safetensors"),
+                lambda: save_state(_random_states(), staging / "random_states.safetensors")]
     if grad_scaler is not None:
-        save_state(grad_scaler.state_dict(), staging / "grad_scaler.safetensors")
-    (staging / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+        writers.append(lambda: save_state(grad_scaler.state_dict(), staging / "grad_scaler.safetensors"))
+    try:
+        for write in writers:
+            write()
+            fault_point("checkpoint_file")
+        files = {file.name: {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+                 for file in sorted(staging.iterdir()) if file.is_file()}
+        (staging / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
+        fault_point("checkpoint_file")
+        (staging / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+        fault_point("checkpoint_file")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed write (a full disk) leaves no half checkpoint
+        raise
     replaced = None
     if final.exists():
         replaced = final.with_name(final.name + ".old")
@@ -154,6 +236,7 @@ def write_checkpoint(output_dir, step: int, transformer, optimizer, lr_scheduler
     os.replace(staging, final)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+    fault_point("checkpoint_done")
     return final
 
 
@@ -167,22 +250,26 @@ def prune_checkpoints(output_dir, keep: int | None) -> list[Path]:
     return removed
 
 
-def checkpoint_to_resume(config: TrainConfig) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names ('latest': the newest complete one), or None."""
+def checkpoint_to_resume(config: TrainConfig, say=None) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names ('latest': the newest one that verifies,
+    `latest_checkpoint`, which reports each one it skips through `say`), or None."""
     if not config.resume_from_checkpoint:
         return None
     output_dir = Path(config.output_dir)
     if config.resume_from_checkpoint == "latest":
-        return latest_checkpoint(output_dir)
+        return latest_checkpoint(output_dir, say=say)
     return resolve_checkpoint_path(output_dir, config.resume_from_checkpoint)
 
 
 def saved_settings(checkpoint: Path | None) -> dict:
-    """The config a checkpoint was written with, or {} (no checkpoint, or an incomplete one)."""
+    """The config a checkpoint was written with, or {} (no checkpoint, an incomplete or a damaged one)."""
     state_file = checkpoint / CHECKPOINT_STATE_FILE if checkpoint is not None else None
     if state_file is None or not state_file.is_file():
         return {}
-    return json.loads(state_file.read_text()).get("config", {})
+    try:
+        return json.loads(state_file.read_text()).get("config", {})
+    except (OSError, ValueError):  # a damaged checkpoint: `verify_checkpoint` says what is wrong
+        return {}
 
 
 def _has_state(checkpoint: Path, name: str) -> bool:

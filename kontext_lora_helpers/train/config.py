@@ -37,6 +37,7 @@ from .checkpoints import (
     list_checkpoints,
     resolve_checkpoint_path,
     saved_settings,
+    verify_checkpoint,
 )
 
 __all__ = [
@@ -523,7 +524,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
     recipe = MODEL_RECIPES["nano" if is_nano(config.pretrained_model_name_or_path) else "flux"]
     # A resumed run keeps what it was started with, even if the recipe changed since.
-    resumed = saved_settings(checkpoint_to_resume(config))
+    resumed = saved_settings(checkpoint_to_resume(config, say=lambda message: None))  # the loop reports skips
     if resumed:
         recipe = {name: resumed.get(name, _BEFORE_THE_SETTING_EXISTED.get(name, value)) for name, value in recipe.items()}
     changes: dict[str, Any] = {name: value for name, value in recipe.items() if getattr(config, name) is None}
@@ -646,10 +647,17 @@ def _check_output_dir(config: TrainConfig) -> None:
                 f"--resume_from_checkpoint {resume!r}: {path} is not a complete checkpoint "
                 f"(no {CHECKPOINT_STATE_FILE}); use 'latest' or one of {[p.name for p in list_checkpoints(output_dir)]}."
             )
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise ConfigError(f"--resume_from_checkpoint {resume!r}: {path} is damaged ({problem}); use 'latest', "
+                              "which skips checkpoints that do not verify, or another checkpoint folder.")
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints or resume:
         return
-    previous = json.loads((checkpoints[-1] / CHECKPOINT_STATE_FILE).read_text()).get("config", {})
+    # the newest checkpoint whose settings can be read (a damaged one is skipped when resuming too)
+    previous = next((settings for checkpoint in reversed(checkpoints) if (settings := saved_settings(checkpoint))), None)
+    if previous is None:
+        return
     differences = _differences(previous, config.to_dict())
     if differences:
         raise ConfigError(

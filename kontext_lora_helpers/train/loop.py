@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -19,8 +20,10 @@ import torch
 
 from .. import latents as latent_ops
 from .. import lora as lora_ops
+from ..faults import fault_point
 from .. import objective
-from ..fileio import write_json_atomically
+from ..fileio import DiskFullError, disk_full_message, folder_lock, is_disk_full, write_json_atomically
+from ..lora import LORA_WEIGHT_NAME
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     TrainingProgress,
@@ -300,6 +303,11 @@ def make_optimizer(parameters, config: TrainConfig):
                            weight_decay=config.adam_weight_decay, eps=1e-8)
 
 
+def _is_main_launch_process() -> bool:
+    """Whether this process is rank 0 of its launch (``accelerate launch`` and torchrun set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def train(
     config: TrainConfig,
     *,
@@ -308,6 +316,9 @@ def train(
     progress_bar: bool = True,
 ) -> dict:
     """Train a restoration LoRA; the one training loop of the course (see the module docstring).
+
+    The run holds its output folder (`fileio.folder_lock`): a second run started into a folder
+    that a live run holds is refused, and the lock of a run that was killed is taken over.
 
     Args:
         config: the settings; checked by `check_config` first (nothing is loaded if they are refused).
@@ -320,11 +331,25 @@ def train(
     Returns:
         {"status": "completed" | "interrupted", "output_dir", "lora_path" (None unless completed),
         "global_step", "steps", "losses", "validation" (metrics.json's content, or None),
-        "checkpoint" (the newest one, or None), "seconds", "steps_per_second"}.
+        "checkpoint" (the newest one, or None), "seconds", "steps_per_second", "unreadable_photos"
+        (training photos that could no longer be read during the run; others stood in for them)}.
 
     Raises:
-        ConfigError: refused settings. TrainingDiverged: a NaN or inf loss.
+        ConfigError: refused settings. TrainingDiverged: a NaN or inf loss. FolderLockedError: a
+        live run holds the output folder. DiskFullError: a checkpoint or the final LoRA did not fit
+        on the disk (earlier checkpoints are intact; the message says how much room is needed).
     """
+    config = check_config(config)
+    if not _is_main_launch_process():
+        return _train_holding_the_folder(config, on_step, on_validation, progress_bar)
+    from tqdm.auto import tqdm
+
+    with folder_lock(config.output_dir, what=f"a training run ({config.pretrained_model_name_or_path})",
+                     say=tqdm.write):
+        return _train_holding_the_folder(config, on_step, on_validation, progress_bar)
+
+
+def _train_holding_the_folder(config: TrainConfig, on_step, on_validation, progress_bar: bool) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
@@ -398,7 +423,7 @@ def train(
     progress = TrainingProgress()
     last_checkpoint: Path | None = None
     if config.resume_from_checkpoint:
-        path = checkpoint_to_resume(config)
+        path = checkpoint_to_resume(config, say=say)
         if path is None:
             say(f"No checkpoint in {output_dir} to resume from; starting a new run.")
         else:
@@ -436,8 +461,15 @@ def train(
         accelerator.wait_for_everyone()
         if is_main:
             state = {**progress.to_dict(), "config": config.to_dict()}
-            last_checkpoint = write_checkpoint(output_dir, progress.global_step, transformer, optimizer,
-                                               lr_scheduler, state, grad_scaler, ema)
+            try:
+                last_checkpoint = write_checkpoint(output_dir, progress.global_step, transformer, optimizer,
+                                                   lr_scheduler, state, grad_scaler, ema)
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                raise DiskFullError(error.errno, disk_full_message(
+                    output_dir / f"{CHECKPOINT_PREFIX}{progress.global_step}", error,
+                    _folder_bytes(last_checkpoint)) + f" The last good checkpoint is {last_checkpoint}.") from error
             for removed in prune_checkpoints(output_dir, config.checkpoints_total_limit):
                 say(f"removed {removed.name} (--checkpoints_total_limit {config.checkpoints_total_limit})")
         accelerator.wait_for_everyone()
@@ -450,6 +482,7 @@ def train(
     status, started, steps_this_run = "completed", time.perf_counter(), 0
     saved_step = progress.global_step if last_checkpoint is not None else -1
     micro_losses: list[float] = []
+    unreadable: set[str] = set()  # training photos that could no longer be read (`DegDataset`)
     first_epoch, skip = progress.epoch, progress.batches_in_epoch
     with _StopRequest() as stop:
         try:
@@ -477,6 +510,7 @@ def train(
                         optimizer.step()  # skipped by accelerate until the last accumulated micro-batch
                         optimizer.zero_grad(set_to_none=True)
                     micro_losses.append(_mean_over_processes(accelerator, loss.detach()))
+                    unreadable.update(path for path in batch.get("replaced", ()) if path)
                     batches_in_epoch += 1
                     if not accelerator.sync_gradients:
                         continue
@@ -486,6 +520,7 @@ def train(
                     progress.global_step += 1
                     if ema is not None:
                         ema.update()
+                    fault_point("train_step")
                     progress.epoch, progress.batches_in_epoch = epoch, batches_in_epoch
                     progress.loss_steps.append(progress.global_step)
                     progress.losses.append(float(np.mean(micro_losses)))
@@ -518,7 +553,11 @@ def train(
     result = {"status": status, "output_dir": str(output_dir), "lora_path": None,
               "global_step": progress.global_step, "steps": progress.loss_steps, "losses": progress.losses,
               "validation": None, "checkpoint": None, "seconds": seconds,
-              "steps_per_second": steps_this_run / seconds if seconds > 0 else 0.0}
+              "steps_per_second": steps_this_run / seconds if seconds > 0 else 0.0,
+              "unreadable_photos": sorted(unreadable)}
+    if unreadable:
+        say(f"{len(unreadable)} training photo(s) could no longer be read during the run; other photos stood in "
+            f"for them: {', '.join(sorted(unreadable))}")
     if status == "interrupted":
         if progress.global_step > 0 and saved_step != progress.global_step:
             checkpoint()
@@ -528,16 +567,25 @@ def train(
         if validator is not None:
             if validator.last is None or validator.last["step"] != progress.global_step:
                 validate(progress.global_step)
-            report = validator.report(progress.validation_history)
+            report = {**validator.report(progress.validation_history), "unreadable_photos": sorted(unreadable)}
             write_json_atomically(output_dir / METRICS_FILE, report)
             result["validation"] = report
             say(f"final: LoRA {report['lora']['psnr']:.2f} dB / {report['lora']['ssim']:.4f}, base "
                 f"{report['base']['psnr']:.2f} dB / {report['base']['ssim']:.4f}, degraded inputs "
                 f"{report['degraded']['psnr']:.2f} dB / {report['degraded']['ssim']:.4f}")
         if is_main:
-            with averaged():
-                result["lora_path"] = str(lora_ops.save_lora(
-                    transformer, output_dir, restoration_steps=RESTORATION_STEPS[config.objective]))
+            try:
+                with averaged():
+                    result["lora_path"] = str(lora_ops.save_lora(
+                        transformer, output_dir, restoration_steps=RESTORATION_STEPS[config.objective]))
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                needed = last_checkpoint / LORA_WEIGHT_NAME if last_checkpoint is not None else None
+                raise DiskFullError(error.errno, disk_full_message(
+                    output_dir / LORA_WEIGHT_NAME, error, needed.stat().st_size if needed else None)
+                    + f" The last checkpoint, {last_checkpoint}, holds the trained LoRA; --resume_from_checkpoint "
+                    "latest saves it again.") from error
             say(f"LoRA saved to {result['lora_path']} ({progress.global_step} steps, "
                 f"{result['steps_per_second']:.2f} steps/s)")
     if is_main and progress.losses:
@@ -547,6 +595,13 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _folder_bytes(folder: Path | None) -> int | None:
+    """The size of a checkpoint folder's files (what the next one needs about as much of), or None."""
+    if folder is None or not folder.is_dir():
+        return None
+    return sum(file.stat().st_size for file in folder.iterdir() if file.is_file())
 
 
 def training_loss(batch: dict, epoch: int, model, vae, cache, vgg, config: TrainConfig, mu, guidance, device):

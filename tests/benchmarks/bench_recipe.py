@@ -42,8 +42,14 @@ VARIANTS: dict[str, list[str]] = {
     "no_weight_average": ["--ema_decay", "0"],
     "learning_rate_1e-3": ["--learning_rate", "1e-3"],
     "whole_side_crops": ["--crop_scale", "1,1"],
+    "seed_1": ["--seed", "1"],
+    "seed_2": ["--seed", "2"],
 }
-"""One-setting changes of nano's recipe (`train.MODEL_RECIPES["nano"]`), by name; "recipe" is the README's command."""
+"""One-setting changes of nano's recipe (`train.MODEL_RECIPES["nano"]`), by name; "recipe" is the README's command
+(seed 0). The "seed_*" runs are the recipe itself with other seeds (crops, degradations, noise and the LoRA's
+initialisation all follow the seed): their spread is how far a setting's gain must reach to be more than luck."""
+
+SEED_VARIANTS = ("recipe", "seed_1", "seed_2")
 
 
 def train_variant(name: str, flags: list[str], work: Path, tiny: bool) -> tuple[Path, float]:
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("| variant | flags | validation LoRA PSNR (mean ± std, 24 crops) | gain over the recipe (paired, ± 2 s.e.) |")
     print("|---|---|---|---|")
     recipe = results.get("recipe")
-    from kontext_lora_helpers.metrics import paired_spread
+    from kontext_lora_helpers.metrics import paired_spread, spread
 
     for name, entry in results.items():
         validation = entry["validation"]
@@ -107,6 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             gain_text = ""
         print(f"| {name} | `{' '.join(entry['flags']) or 'the README command'}` | {lora} dB | {gain_text} |")
+    seeds = [results[name]["validation"]["lora_psnr"] for name in SEED_VARIANTS if name in results]
+    if len(seeds) > 1:
+        over_seeds = spread(seeds)
+        print(f"\nthe recipe over {len(seeds)} seeds: validation LoRA PSNR {over_seeds} dB (mean ± std of the "
+              "24-crop means)")
     if recipe is not None and "test" in recipe:
         test = recipe["test"]
         print("\nthe recipe on the 16 test crops (reported, chosen on nothing):")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers import FluxKontextPipeline
 
     from kontext_lora_helpers.lora import LORA_WEIGHT_NAME
-    from kontext_lora_helpers.metrics import Spread, paired_spread
+    from kontext_lora_helpers.metrics import paired_spread, spread
     from kontext_lora_helpers.nano.evaluate import check_restoration_lora
     from kontext_lora_helpers.nano.model import build_nano_pipeline
 
@@ -169,19 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
         at_chosen, at_most = test[chosen]["lora"], test[most]["lora"]
         change = paired_spread(at_chosen, at_most)
         timing = entry["timing"]
-        print(f"\n{objective}, 16 test crops: {chosen} steps {Spread(**spread_dict(at_chosen))} dB, "
-              f"{most} steps {Spread(**spread_dict(at_most))} dB, paired change {change.mean:+.3f} dB "
+        print(f"\n{objective}, 16 test crops: {chosen} steps {spread(at_chosen)} dB, "
+              f"{most} steps {spread(at_most)} dB, paired change {change.mean:+.3f} dB "
               f"(s.e. {change.sem:.3f}); restoring them: the snippet ({timing['snippet_steps']} steps, one a call) "
               f"{timing['snippet_seconds']:.2f} s, restore_batch ({chosen} steps) {timing['package_seconds']:.2f} s, "
               f"{timing['speedup']:.2f}x")
     print(f"results: {results_path}")
     return results
-
-
-def spread_dict(values) -> dict:
-    from kontext_lora_helpers.metrics import spread
-
-    return spread(values).as_dict()
 
 
 if __name__ == "__main__":
