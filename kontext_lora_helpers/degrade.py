@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cli import fail
-from .fileio import write_atomically, write_json_atomically
+from .fileio import output_is_input_folder, overwrites_its_input, write_atomically, write_json_atomically
 from .degradations import (
     DegradationConfig,
     add_degradation_arguments,
@@ -72,7 +72,8 @@ def image_seed(seed: int, relative_path: str) -> int:
     not change how this one is degraded. ``hashlib`` is the same on every machine and Python run
     (the built-in ``hash`` of a string is not).
     """
-    digest = hashlib.sha256(f"{seed}/{relative_path}".encode()).digest()
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes (UTF-8 names are unchanged)
+    digest = hashlib.sha256(f"{seed}/{relative_path}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a plain JSON integer
 
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output {str(output_root)!r} is an existing file; give a folder")
     if not source_root.exists():
         return fail(f"--input {str(source_root)!r} does not exist")
+    if refusal := output_is_input_folder(source_root, output_root):
+        return fail(refusal)
 
     if source_root.is_file():
         try:
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     claimed: dict[Path, str] = {}
     for source, relative in sources:
         image_path = output_root / Path(relative).with_suffix(".png")
+        if refusal := overwrites_its_input(source, image_path):
+            return fail(refusal)
         if image_path in claimed:
             return fail(
                 f"{claimed[image_path]} and {relative} would both be written to {image_path}; rename one"

@@ -27,7 +27,7 @@ from .faults import fault_point
 
 __all__ = [
     "DISK_FULL_ERRNOS", "LOCK_FILE", "PARTIAL_SUFFIX", "DiskFullError", "FolderLockedError", "disk_full_message",
-    "folder_lock", "is_disk_full", "write_atomically", "write_json_atomically", "write_safetensors_atomically",
+    "folder_lock", "is_disk_full", "output_is_input_folder", "overwrites_its_input", "write_atomically", "write_json_atomically", "write_safetensors_atomically",
     "write_text_atomically",
 ]
 
@@ -57,6 +57,26 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def output_is_input_folder(input_root: str | os.PathLike, output_root: str | os.PathLike) -> str | None:
+    """A refusal (one sentence) when the output folder is the input folder itself; None otherwise.
+    (An output folder *inside* the input folder is fine: the commands leave it out of their inputs.)"""
+    if Path(input_root).is_dir() and os.path.realpath(input_root) == os.path.realpath(output_root):
+        return (f"--output {str(output_root)!r} is the --input folder: the outputs would mix with the photos and "
+                "could replace them; choose another folder (one inside it is fine)")
+    return None
+
+
+def overwrites_its_input(source: str | os.PathLike, output: str | os.PathLike) -> str | None:
+    """A refusal (one sentence) when writing `output` would replace the input file `source` or its
+    JSON record would land on it; None when the two are different files."""
+    source_real = os.path.realpath(source)
+    for target in (Path(output), Path(output).with_suffix(".json")):
+        if os.path.realpath(target) == source_real:
+            return (f"{target} is the input file {source} itself: the output folder must not hold the inputs "
+                    "under the names the outputs take; choose another --output folder")
+    return None
 
 
 def write_safetensors_atomically(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:

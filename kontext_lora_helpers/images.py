@@ -133,7 +133,7 @@ def _resolve_excludes(root: Path, exclude: Iterable[str | os.PathLike]) -> list[
 def _is_excluded(path: Path, excluded: list[Path]) -> bool:
     if not excluded:
         return False
-    resolved = path.resolve()
+    resolved = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a symlink loop
     return any(resolved == entry or entry in resolved.parents for entry in excluded)
 
 

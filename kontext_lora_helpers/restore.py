@@ -52,7 +52,15 @@ import numpy as np
 from PIL import Image
 
 from .cli import fail, non_negative_int, positive_int
-from .fileio import DiskFullError, disk_full_message, is_disk_full, write_atomically, write_json_atomically
+from .fileio import (
+    DiskFullError,
+    disk_full_message,
+    is_disk_full,
+    output_is_input_folder,
+    overwrites_its_input,
+    write_atomically,
+    write_json_atomically,
+)
 from .images import SkippedImageWarning, UnusableImageError, find_usable_images, load_rgb, validate_image
 from .inference import (
     default_num_inference_steps,
@@ -429,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--output {str(output_root)!r} is an existing file; give a folder")
     if not source_root.exists():
         return fail(f"--input {str(source_root)!r} does not exist")
+    if refusal := output_is_input_folder(source_root, output_root):
+        return fail(refusal)
     for path in args.lora_weights:
         if not Path(path).expanduser().exists():
             return fail(f"--lora_weights {path!r} does not exist")
@@ -443,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs, claimed = [], {}
     for source, relative in sources:
         image_path = output_root / Path(relative).with_suffix(".png")
+        if refusal := overwrites_its_input(source, image_path):
+            return fail(refusal)
         if image_path in claimed:
             return fail(f"{claimed[image_path]} and {relative} would both be written to {image_path}; rename one")
         claimed[image_path] = relative

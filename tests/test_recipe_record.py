@@ -79,3 +79,15 @@ def test_the_recorded_restoration_steps_are_the_steps_studys_choice_on_validatio
     assert set(recipe["test"]) == {"4", "28"} and all(len(t["lora"]) == 16 for t in recipe["test"].values())
     assert paired_spread(recipe["test"]["4"]["lora"], recipe["test"]["28"]["lora"]).mean == pytest.approx(-0.01, abs=0.005)
     assert recipe["timing"]["speedup"] == pytest.approx(5.4, abs=0.05)
+
+
+def test_the_seed_spread_the_readme_quotes_is_the_studys(results):
+    """The recipe trained with seeds 0, 1 and 2: the README quotes the spread of their validation means."""
+    from kontext_lora_helpers.metrics import spread
+
+    means = [results[name]["validation"]["lora_psnr"] for name in ("recipe", "seed_1", "seed_2")]
+    assert [results[name]["flags"] for name in ("seed_1", "seed_2")] == [["--seed", "1"], ["--seed", "2"]]
+    over_seeds = spread(means)
+    assert over_seeds.mean == pytest.approx(25.63, abs=0.005) and over_seeds.std == pytest.approx(0.01, abs=0.005)
+    # the per-crop results differ between seeds: the seed reached the training
+    assert results["seed_1"]["validation"]["per_image"]["lora"] != results["recipe"]["validation"]["per_image"]["lora"]

@@ -600,6 +600,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     hr_root = Path(config.hr_root).expanduser()
     if not hr_root.exists():
         raise ConfigError(f"--hr_root {str(hr_root)!r} does not exist.")
+    if config.output_dir and _is_inside(Path(config.output_dir).expanduser(), hr_root):
+        raise ConfigError(
+            f"--output_dir {config.output_dir!r} is inside the training photos (--hr_root {str(hr_root)!r}): its "
+            "validation images would become training photos of the next run. Choose a folder outside it.")
     try:
         find_usable_images(hr_root, _training_excludes(config))
     except (ValueError, FileNotFoundError) as error:
