@@ -1,6 +1,6 @@
 """The figures that describe the shipped nano weights, measured on held-out photos.
 
-Used by `nano train` (to report), by the tests (to assert), and by notebook 02 (to show):
+Used by `nano train` (to report) and by the tests (to assert); the README's "Nano figures" quotes them:
 
 - VAE round-trip PSNR at 64x64;
 - the editor's identity PSNR for an instruction it never saw (through the full pipeline, 20 steps);
@@ -42,29 +42,36 @@ def run_pipeline(pipe, pixels: torch.Tensor, prompt: str, steps: int = 20, seed:
 
 def evaluate_nano(pipe, steps: int = 20, seed: int = 0) -> dict:
     """All nano figures on the held-out photos (16 crops at 64x64). PSNRs in dB (`metrics.psnr`:
-    per image on 8-bit levels, then the mean)."""
+    per image on 8-bit levels, then the mean); "spread" holds each figure's `metrics.Spread` over
+    the 16 crops as a dict (mean, std, sem, n)."""
 
     clean = held_out_batch(NANO_RESOLUTION)
-    _, vae_psnr = latent_ops.round_trip(pipe.vae, clean)
-    results = {"vae_round_trip_psnr": vae_psnr}
-    output = run_pipeline(pipe, clean, UNSEEN_INSTRUCTION, steps, seed)
-    results["identity_psnr_unseen_instruction"] = psnr(output, clean)
+    per_image: dict[str, list[float]] = {}
+
+    def score(name: str, images: torch.Tensor, references: torch.Tensor) -> None:
+        per_image[name] = psnr(images, references, reduction="none")
+
+    reconstructed, _ = latent_ops.round_trip(pipe.vae, clean)
+    score("vae_round_trip_psnr", reconstructed, clean)
+    score("identity_psnr_unseen_instruction", run_pipeline(pipe, clean, UNSEEN_INSTRUCTION, steps, seed), clean)
     for edit, phrasings in EDITS.items():
         edited = run_pipeline(pipe, clean, phrasings[0], steps, seed)
-        results[f"{edit}_psnr_vs_edited"] = psnr(edited, apply_edit(clean, edit))
-        results[f"{edit}_psnr_vs_input"] = psnr(edited, clean)
+        score(f"{edit}_psnr_vs_edited", edited, apply_edit(clean, edit))
+        score(f"{edit}_psnr_vs_input", edited, clean)
     degraded = torch.stack([
         pil_to_tensor(apply_degradation(image, RESTORATION_BAR, seed=i)[0])
         for i, image in enumerate(tensor_to_pils(clean))
     ])
     restored_by_base = run_pipeline(pipe, degraded, UNSEEN_INSTRUCTION, steps, seed)
     degraded_round_trip, _ = latent_ops.round_trip(pipe.vae, degraded)
-    results["degraded_psnr"] = psnr(degraded, clean)
+    score("degraded_psnr", degraded, clean)
     # The VAE cannot represent pixel noise well, so a round trip alone already smooths some away:
     # that is the most a pure copy through the latent space can "restore".
-    results["degraded_vae_round_trip_psnr"] = psnr(degraded_round_trip, clean)
-    results["base_on_degraded_psnr"] = psnr(restored_by_base, clean)
-    results["base_on_degraded_vs_its_input_psnr"] = psnr(restored_by_base, degraded_round_trip)
+    score("degraded_vae_round_trip_psnr", degraded_round_trip, clean)
+    score("base_on_degraded_psnr", restored_by_base, clean)
+    score("base_on_degraded_vs_its_input_psnr", restored_by_base, degraded_round_trip)
+    results = {name: spread(values).mean for name, values in per_image.items()}
+    results["spread"] = {name: spread(values).as_dict() for name, values in per_image.items()}
     return results
 
 
