@@ -71,7 +71,7 @@ from .inference import (
     working_size,
 )
 from .lora import LoraFileError, check_lora_fits
-from .models import GUIDANCE_SCALE, QUANTIZE_CHOICES
+from .models import COMPILE_BACKENDS, GUIDANCE_SCALE, QUANTIZE_CHOICES
 from .prompts import DEFAULT_INSTANCE_PROMPT
 
 __all__ = [
@@ -399,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="None means bf16 on Ampere or newer GPUs, fp16 on older ones, fp32 on CPU")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                         help="quantize the base transformer (nf4 needs CUDA and bitsandbytes; int8 optimum-quanto)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer first (pays on long batches on a GPU; on a CPU the "
+                        "compile takes longer than nano's restorations)")
+    parser.add_argument("--compile_backend", default="inductor", choices=COMPILE_BACKENDS,
+                        help="inductor generates fused code; aot_eager only traces")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -472,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         loras = load_loras(pipe, args.lora_weights, args.lora_scale)
     except (ModelLoadError, LoraFileError, ValueError) as error:
         return fail(str(error))
+    if args.compile:  # in place, after the LoRAs: their layers are part of the compiled graph
+        pipe.transformer.compile(backend=args.compile_backend)
 
     native, multiple = model_geometry(pipe)
     steps = restoration_steps(pipe, loras) if args.num_inference_steps is None else args.num_inference_steps

@@ -213,3 +213,16 @@ def test_steps_study_tiny_chooses_the_fewest_steps_on_validation_and_times_the_s
     assert timing["images"] == 16 and timing["snippet_seconds"] > 0 and timing["package_seconds"] > 0
     assert json.loads((work_dir / "steps-tiny.json").read_text())["objectives"].keys() == {"posterior_mean"}
     assert "16 test crops" in capsys.readouterr().out
+
+
+def test_compile_benchmark_times_both_steps_and_they_compute_the_same_loss(tmp_path):
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_compile
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    report = bench_compile.main(["--backend", "aot_eager", "--steps", "1", "--warmup", "1",
+                                 "--json", str(tmp_path / "compile.json")])
+    assert report["eager_ms_median"] > 0 and report["compiled_ms_median"] > 0 and report["compile_seconds"] >= 0
+    assert report["loss_max_rel_diff"] < 1e-5  # aot_eager traces; it computes what eager computes
+    assert json.loads((tmp_path / "compile.json").read_text())["backend"] == "aot_eager"

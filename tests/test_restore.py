@@ -334,3 +334,17 @@ def test_command_line_errors_are_one_clear_line(tmp_path, misfit_loras, capsys):
     with pytest.raises(SystemExit):
         restore.main(["--input", str(image), "--output", str(tmp_path / "out"), "--lora_weights", str(wider),
                       "--lora_scale", "1", "2"])
+
+
+def test_the_compile_flag_restores_the_same_pixels(lora_dir, tmp_path):
+    """``--compile`` with the aot_eager backend (torch.compile's tracing without code generation,
+    so it takes seconds) gives the pixels of the uncompiled command."""
+    source = tmp_path / "in" / "portrait.png"
+    source.parent.mkdir()
+    smooth_photo(64, 64).save(source)
+    written = {}
+    for name, extra in (("plain", []), ("compiled", ["--compile", "--compile_backend", "aot_eager"])):
+        assert restore.main(["--lora_weights", str(lora_dir), "--input", str(source), "--output", str(tmp_path / name),
+                             "--num_inference_steps", "2", "--seed", str(SEED), *extra]) == 0
+        written[name] = pixels(Image.open(tmp_path / name / "portrait.png"))
+    assert np.abs(written["plain"].astype(int) - written["compiled"].astype(int)).max() <= 1

@@ -399,6 +399,10 @@ def _train_holding_the_folder(config: TrainConfig, on_step, on_validation, progr
                                                  validation.prompts if validation else ())
     transformer, vae = pipe.transformer, pipe.vae
     say(f"LoRA rank {config.rank}: {lora_ops.describe_parameters(transformer)}")
+    if config.compile:  # in place: the module, its parameters and its adapter stay what they are
+        transformer.compile(backend=config.compile_backend)
+        say(f"transformer compiled with torch.compile (backend {config.compile_backend}); the first steps and the "
+            "first validation wait for the compiler")
     if vgg is not None:
         vgg.to(accelerator.device)
 
