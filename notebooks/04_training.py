@@ -31,7 +31,7 @@
 # 6. **What the run leaves behind**, and how to resume it.
 # 7. **The real model on a GPU**: settings and memory for a Colab T4, an L4 and an A100.
 #
-# On a CPU the whole notebook takes about two and a half minutes (the 120-step run of section 4
+# On a CPU the whole notebook takes about a minute and a half (the 120-step run of section 4
 # most of it; the README's command trains the full 500 steps). To train FLUX.1-Kontext-dev on a GPU, change
 # `MODEL`; the settings then come from the table of section 7 for the GPU that is present.
 

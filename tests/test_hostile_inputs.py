@@ -73,39 +73,28 @@ UNUSABLE = ("zero.png", "bomb.png", "animated.gif", "loop.png")
 USABLE = ("plain.png", "photo.jpg", "sixteen_bit.png", "palette.png", "cmyk.jpg", "rotated.jpg", NOT_UTF8_NAME)
 
 
-def test_degrade_skips_the_unusable_files_by_name_writes_the_rest_and_never_touches_its_input(corpus, tmp_path, capsys):
+IMAGE_COMMANDS = {"degrade": (degrade.main, ["--preset", "course"]),
+                  "restore": (restore.main, ["--num_inference_steps", "1", "--batch_size", "4"])}
+
+
+@pytest.mark.parametrize("command", IMAGE_COMMANDS)
+def test_image_commands_skip_the_unusable_files_by_name_and_never_write_into_their_input(command, corpus, tmp_path,
+                                                                                         capsys):
+    run, options = IMAGE_COMMANDS[command]
     before = fingerprints(corpus)
-    out = tmp_path / "degraded"
+    out = tmp_path / "out"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert degrade.main(["--input", str(corpus), "--output", str(out), "--preset", "course"]) == 0
-    skipped = " ".join(str(w.message) for w in caught)
+        assert run(["--input", str(corpus), "--output", str(out), *options]) == 0
+    reported = " ".join(str(w.message) for w in caught) + capsys.readouterr().err
     for name in UNUSABLE:
-        assert name in skipped, name
-    written = {path.stem for path in out.rglob("*.png")}
-    assert written == {Path(name).stem for name in USABLE}
-    rotated = Image.open(out / "rotated.png")
-    assert rotated.size == (64, 80)  # upright: the EXIF rotation was applied
-    assert fingerprints(corpus) == before
-    capsys.readouterr()
-    # the output folder is the input folder: refused before anything is written
-    assert degrade.main(["--input", str(corpus), "--output", str(corpus), "--preset", "course"]) != 0
-    assert "input" in capsys.readouterr().err
-    assert fingerprints(corpus) == before
-
-
-def test_restore_skips_the_unusable_files_and_refuses_to_write_into_its_input(corpus, tmp_path, capsys):
-    before = fingerprints(corpus)
-    out = tmp_path / "restored"
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        assert restore.main(["--input", str(corpus), "--output", str(out), "--num_inference_steps", "1",
-                             "--batch_size", "4"]) == 0
+        assert name in reported, name
     assert {path.stem for path in out.rglob("*.png")} == {Path(name).stem for name in USABLE}
+    assert Image.open(out / "rotated.png").size == (64, 80)  # upright: the EXIF rotation was applied
     assert fingerprints(corpus) == before
-    capsys.readouterr()
-    assert restore.main(["--input", str(corpus), "--output", str(corpus), "--num_inference_steps", "1"]) != 0
-    assert "input" in capsys.readouterr().err
+    # the output folder is the input folder: refused before anything is written
+    assert run(["--input", str(corpus), "--output", str(corpus), *options]) != 0
+    assert "is the --input folder" in capsys.readouterr().err
     assert fingerprints(corpus) == before
 
 
