@@ -226,3 +226,17 @@ def test_compile_benchmark_times_both_steps_and_they_compute_the_same_loss(tmp_p
     assert report["eager_ms_median"] > 0 and report["compiled_ms_median"] > 0 and report["compile_seconds"] >= 0
     assert report["loss_max_rel_diff"] < 1e-5  # aot_eager traces; it computes what eager computes
     assert json.loads((tmp_path / "compile.json").read_text())["backend"] == "aot_eager"
+
+
+def test_profile_benchmark_times_every_stage_of_a_step(tmp_path):
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_profile
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    report = bench_profile.main(["--steps", "1", "--warmup", "0", "--batch_size", "2",
+                                 "--json", str(tmp_path / "profile.json")])
+    assert set(report["ms_median"]) == set(bench_profile.STAGES)
+    assert all(value > 0 for value in report["ms_median"].values())
+    assert sum(report["share"].values()) == pytest.approx(1.0)
+    assert json.loads((tmp_path / "profile.json").read_text())["objective"] == "posterior_mean"
