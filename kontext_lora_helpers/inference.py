@@ -19,7 +19,6 @@ in a folder, and it equals a plain diffusers call
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import GUIDANCE_SCALE
+from .kontext import GUIDANCE_SCALE, default_num_inference_steps
 from .prompts import DEFAULT_INSTANCE_PROMPT
 
 __all__ = ["default_num_inference_steps", "float_to_pil", "model_geometry", "restore_batch", "run_at_size",
@@ -76,16 +75,6 @@ def working_size(width: int, height: int, native_side: int, multiple: int) -> tu
     pairs |= {(w, fit(area / w)) for w in near_w} | {(fit(area / h), h) for h in near_h}
     fitting = [(w, h) for w, h in pairs if w * h <= area] or [(multiple, multiple)]
     return min(fitting, key=lambda size: (abs(math.log(size[0] / size[1]) - aspect), -size[0] * size[1]))
-
-
-def default_num_inference_steps(pipe) -> int:
-    """The pipeline's own default number of denoising steps (28 for `FluxKontextPipeline`).
-
-    Args:
-        pipe: a pipeline, or a pipeline class (to read the default without building one).
-    """
-    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
-    return int(inspect.signature(pipeline_class.__call__).parameters["num_inference_steps"].default)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,10 +35,7 @@ from pathlib import Path
 
 import torch
 
-REAL_MODEL_ID = "black-forest-labs/FLUX.1-Kontext-dev"
-GUIDANCE_SCALE = 3.5
-"""FLUX.1 Kontext-dev's distilled guidance value: the pipeline's default, the value the guidance
-embedding is given in training and validation, and the one every restoration here uses."""
+from .kontext import GUIDANCE_SCALE, REAL_MODEL_ID  # noqa: F401 - the loader's names for them
 QUANTIZE_CHOICES = ("none", "nf4", "int8")
 """How the frozen transformer may be quantized: "none", "nf4" (bitsandbytes, CUDA) or "int8"
 (optimum-quanto, CPU too). `load_pipeline` also takes None for "none"."""

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import latents as latent_ops
-from .models import GUIDANCE_SCALE
+from .kontext import GUIDANCE_SCALE
 
 SIGMA_SCHEMES = ("uniform", "logit_normal", "mode")
 OBJECTIVES = ("flow_matching", "posterior_mean")

@@ -241,7 +241,7 @@ def build_random_kontext_components(name: str, device: str | torch.device = "cpu
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from .nano.model import SCHEDULER_CONFIG
+    from .kontext import SCHEDULER_CONFIG
     from .nano.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
     name = _checked_name(name)

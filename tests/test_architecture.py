@@ -5,7 +5,8 @@
   knowing only the stages before it.
 * Presentation (matplotlib, ipywidgets) stays in the `viz*` and `widgets` modules: core modules
   never import them at import time, so the trainer and the commands run headless.
-* No module-level import cycles.
+* No import cycles, counting the imports inside functions too (those under ``if TYPE_CHECKING:``
+  never run and are left out): the model loader depends on the model sources, never the reverse.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ STAGES: dict[str, int] = {
     # 01 degradations
     "degradations": 1, "prompts": 1, "degrade": 1,
     # 02 pairs, the model, latents, running the pipeline
-    "data": 2, "pairs": 2, "models": 2, "latents": 2, "inference": 2, "random_kontext": 2,
+    "data": 2, "pairs": 2, "kontext": 2, "models": 2, "latents": 2, "inference": 2, "random_kontext": 2,
     "nano": 2, "nano.model": 2, "nano.tokenizers": 2, "nano.pool": 2, "nano.edits": 2,
     # 03 objective, loss, LoRA
     "objective": 3, "losses": 3, "lora": 3,
@@ -64,27 +65,72 @@ def stage_of(name: str) -> int | None:
     return None
 
 
-def imported_modules(name: str, top_level_only: bool) -> set[str]:
+def _import_nodes(tree: ast.Module, top_level_only: bool) -> list[ast.AST]:
+    """The import statements of a module: the top level only, or every one, inside functions and
+    classes too, except those under ``if TYPE_CHECKING:`` (they never run)."""
+    if top_level_only:
+        return [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    found, pending = [], list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def imported_modules(name: str, top_level_only: bool, modules: dict[str, Path] | None = None,
+                     package_name: str = "kontext_lora_helpers") -> set[str]:
     """Package modules `name` imports (absolute names without the package prefix)."""
-    tree = ast.parse(MODULES[name].read_text())
-    package = name.split(".") if MODULES[name].name == "__init__.py" else name.split(".")[:-1]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    if top_level_only:  # include imports under `if TYPE_CHECKING:` blocks? no: they never run
-        nodes = [node for node in nodes if isinstance(node, (ast.Import, ast.ImportFrom))]
+    modules = MODULES if modules is None else modules
+    tree = ast.parse(modules[name].read_text())
+    package = name.split(".") if modules[name].name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in nodes:
+    for node in _import_nodes(tree, top_level_only):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - node.level + 1]
             target = ".".join(base + ([node.module] if node.module else []))
             candidates = [target] + [f"{target}.{alias.name}".strip(".") for alias in node.names]
-            found |= {candidate for candidate in candidates if candidate in MODULES}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kontext_lora_helpers"):
-            found.add(node.module.removeprefix("kontext_lora_helpers").strip("."))
+            found |= {candidate for candidate in candidates if candidate in modules}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package_name):
+            found.add(node.module.removeprefix(package_name).strip("."))
         elif isinstance(node, ast.Import):
-            found |= {alias.name.removeprefix("kontext_lora_helpers.") for alias in node.names
-                      if alias.name.startswith("kontext_lora_helpers.")}
+            found |= {alias.name.removeprefix(package_name + ".") for alias in node.names
+                      if alias.name.startswith(package_name + ".")}
     found.discard(name)
-    return {module for module in found if module in MODULES}
+    return {module for module in found if module in modules}
+
+
+def find_import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` ({module: modules it imports}) as a path that ends where it
+    starts, or None. A module importing the package it lives in is left out (that package imports
+    it in turn, which is how a package is built, not a cycle); a package importing its modules is
+    kept, so a cycle through a package's ``__init__`` is found."""
+    visiting, done = set(), set()
+
+    def visit(node, path):
+        if node in done:
+            return None
+        if node in visiting:
+            return path[path.index(node):] + [node]
+        visiting.add(node)
+        for neighbour in sorted(graph[node]):
+            if not node.startswith(neighbour + "."):
+                cycle = visit(neighbour, path + [node])
+                if cycle:
+                    return cycle
+        visiting.discard(node)
+        done.add(node)
+        return None
+
+    for name in sorted(graph):
+        cycle = visit(name, [])
+        if cycle:
+            return cycle
+    return None
 
 
 def test_every_module_has_a_stage_or_is_presentation():
@@ -105,24 +151,30 @@ def test_no_stage_imports_a_later_stage_or_presentation(name):
         assert later <= own, f"{name} (stage {own}) imports {imported} (stage {later}), a later stage"
 
 
-def test_no_module_level_import_cycles():
-    graph = {name: imported_modules(name, top_level_only=True) for name in MODULES}
-    visiting, done = set(), set()
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module level", "inside functions too"])
+def test_no_import_cycles(top_level_only):
+    graph = {name: imported_modules(name, top_level_only) for name in MODULES}
+    cycle = find_import_cycle(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
-    def visit(node, path):
-        if node in done:
-            return
-        assert node not in visiting, f"import cycle: {' -> '.join(path + [node])}"
-        visiting.add(node)
-        for neighbour in graph[node]:
-            # a package imports its own modules and they import their siblings through it: not a cycle
-            if not neighbour.startswith(node + ".") and not node.startswith(neighbour + "."):
-                visit(neighbour, path + [node])
-        visiting.discard(node)
-        done.add(node)
 
-    for name in graph:
-        visit(name, [])
+def test_the_cycle_check_finds_a_planted_cycle_through_a_function(tmp_path):
+    """Two modules of a planted package: `loader` imports `source` at the top, and `source` imports
+    `loader` inside a function (as a model source reading a constant from the loader would)."""
+    package = tmp_path / "planted"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "loader.py").write_text("from . import source\n")
+    (package / "source.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from . import unused\n\n\n"
+                                       "def build():\n    from .loader import CONSTANT\n    return CONSTANT\n")
+    (package / "unused.py").write_text("")
+    modules = {"": package / "__init__.py", "loader": package / "loader.py", "source": package / "source.py",
+               "unused": package / "unused.py"}
+    graph = {name: imported_modules(name, False, modules, "planted") for name in modules}
+    assert find_import_cycle(graph) in (["loader", "source", "loader"], ["source", "loader", "source"])
+    assert "unused" not in graph["source"]  # under TYPE_CHECKING: never runs
+    top_level = {name: imported_modules(name, True, modules, "planted") for name in modules}
+    assert find_import_cycle(top_level) is None  # the module-level scan alone cannot see it
 
 
 def test_the_top_level_is_a_lazy_index_and_core_modules_load_no_plotting_library():

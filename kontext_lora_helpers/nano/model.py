@@ -39,6 +39,7 @@ from diffusers import (
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+from ..kontext import SCHEDULER_CONFIG  # FLUX.1's scheduler config, shared with the twins
 from .tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 NANO_RESOLUTION = 64
@@ -100,18 +101,6 @@ def zero_residual_branches(vae: AutoencoderKL) -> AutoencoderKL:
             torch.nn.init.zeros_(module.weight)
             torch.nn.init.zeros_(module.bias)
     return vae
-
-
-# FLUX.1's scheduler config, unchanged: the shift is computed from the image token count.
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
 
 
 def _clip_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> CLIPTextConfig:
@@ -279,8 +268,7 @@ def model_card_text(pipeline_dir: str = "path/to/nano") -> str:
     Returns:
         Markdown text with one runnable Python block (Pillow, torch and diffusers only).
     """
-    from ..inference import default_num_inference_steps
-    from ..models import GUIDANCE_SCALE, REAL_MODEL_ID
+    from ..kontext import GUIDANCE_SCALE, REAL_MODEL_ID, default_num_inference_steps
     from ..prompts import DEFAULT_INSTANCE_PROMPT
     from .edits import EDITS
     from .tokenizers import NANO_MAX_SEQUENCE_LENGTH
