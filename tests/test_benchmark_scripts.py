@@ -21,18 +21,23 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def benchmarks():
-    """The benchmark modules, imported from tests/benchmarks (they import each other by name)."""
+def import_benchmark(name: str):
+    """A benchmark module from tests/benchmarks (they import each other by name, so the folder is on
+    the path while it imports)."""
+    import importlib
+
     sys.path.insert(0, str(BENCH_DIR))
     try:
-        import bench_gpu_training
-        import bench_restore
-        import bench_training_step
-
-        yield {"step": bench_training_step, "gpu": bench_gpu_training, "restore": bench_restore}
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    """The benchmark modules the timing tests share."""
+    return {"step": import_benchmark("bench_training_step"), "gpu": import_benchmark("bench_gpu_training"),
+            "restore": import_benchmark("bench_restore")}
 
 
 def test_nano_step_benchmark_times_both_and_they_compute_the_same_loss(benchmarks, tmp_path, capsys):
@@ -147,11 +152,7 @@ def test_card_profile_script_runs_the_preflight_of_the_shallow_twin_in_tiny_mode
     and the VGG term, restores a validation image, and reports memory, speed and the estimate."""
     monkeypatch.setenv("KONTEXT_LORA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_card_profiles
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    bench_card_profiles = import_benchmark("bench_card_profiles")
     results = bench_card_profiles.main(["--tiny", "--json", str(tmp_path / "profiles.json")])
     assert json.loads((tmp_path / "profiles.json").read_text()) == results
     (row,) = results["rows"]
@@ -168,11 +169,7 @@ def test_card_profile_script_runs_the_preflight_of_the_shallow_twin_in_tiny_mode
 @pytest.fixture(scope="module")
 def tiny_recipe_study(tmp_path_factory):
     """`bench_recipe.py --tiny` for the recipe only; `bench_steps.py --tiny` reuses its LoRA."""
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_recipe
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    bench_recipe = import_benchmark("bench_recipe")
     work_dir = tmp_path_factory.mktemp("bench_recipe")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -191,11 +188,7 @@ def test_recipe_study_tiny_chooses_on_validation_and_reports_the_recipe_on_test(
 
 
 def test_steps_study_tiny_chooses_the_fewest_steps_on_validation_and_times_the_snippet(tiny_recipe_study, capsys):
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_steps
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    bench_steps = import_benchmark("bench_steps")
     # the rule itself: the fewest steps within the tolerance of the most steps' per-crop PSNRs
     reference = [30.0, 20.0]
     assert bench_steps.fewest_good_steps({1: [29.0, 19.0], 2: [29.95, 19.9], 4: [30.1, 20.0]}, reference, 0.1) == 2
@@ -216,11 +209,7 @@ def test_steps_study_tiny_chooses_the_fewest_steps_on_validation_and_times_the_s
 
 
 def test_compile_benchmark_times_both_steps_and_they_compute_the_same_loss(tmp_path):
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_compile
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    bench_compile = import_benchmark("bench_compile")
     report = bench_compile.main(["--backend", "aot_eager", "--steps", "1", "--warmup", "1",
                                  "--json", str(tmp_path / "compile.json")])
     assert report["eager_ms_median"] > 0 and report["compiled_ms_median"] > 0 and report["compile_seconds"] >= 0
@@ -229,11 +218,7 @@ def test_compile_benchmark_times_both_steps_and_they_compute_the_same_loss(tmp_p
 
 
 def test_profile_benchmark_times_every_stage_of_a_step(tmp_path):
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_profile
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    bench_profile = import_benchmark("bench_profile")
     report = bench_profile.main(["--steps", "1", "--warmup", "0", "--batch_size", "2",
                                  "--json", str(tmp_path / "profile.json")])
     assert set(report["ms_median"]) == set(bench_profile.STAGES)
