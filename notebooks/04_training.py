@@ -242,11 +242,14 @@ display(Markdown(metrics_table(metrics)))
 #
 # * `pytorch_lora_weights.safetensors`: the LoRA in diffusers format (for nano, the average of its
 #   weights), for `FluxKontextPipeline.load_lora_weights(OUTPUT_DIR)` (notebook 05 restores photos
-#   with it).
+#   with it). The file also records the denoising steps the LoRA restores with.
+# * `README.md`: the model card, as diffusers' training scripts write one: how to load the LoRA,
+#   the exact command and the validation scores.
 # * `training_config.json`: every setting, so the run can be repeated.
 # * `metrics.json`, `loss_curve.png`, `validation/step-*.png`.
 # * `checkpoint-N/`: LoRA (and `ema_lora_weights.safetensors`, its average), optimizer,
-#   learning-rate schedule, random states and data position.
+#   learning-rate schedule, random states and data position, and `manifest.json` with every
+#   file's size and checksum, so a damaged copy is recognised and skipped when resuming.
 
 # %%
 for path in sorted(OUTPUT_DIR.iterdir()):

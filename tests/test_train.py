@@ -307,6 +307,25 @@ def test_the_lora_file_records_its_objectives_restoration_steps_and_validation_d
     assert {objective: config.validation_inference_steps for objective, config in resolved.items()} == RESTORATION_STEPS
 
 
+def test_a_model_card_is_written_beside_the_lora_and_a_readme_of_the_users_is_left_alone(short_run, tmp_path):
+    card = (short_run["output_dir"] / "README.md").read_text()
+    report = json.loads((short_run["output_dir"] / "metrics.json").read_text())
+    assert card.startswith("---\nbase_model: nano") and "kontext-lora-helpers" in card.split("---")[1]
+    assert f'pipe.load_lora_weights("{short_run["output_dir"]}")' in card and 'load_pipeline("nano")' in card
+    assert f"num_inference_steps={RESTORATION_STEPS['posterior_mean']}" in card
+    assert "python -m kontext_lora_helpers.train" in card and "--lr_scale" in card
+    assert f"{report['lora']['psnr']:.2f} ± " in card  # the validation table, with its spread
+    snippet = card.split("```python\n")[1].split("```")[0].replace("old.jpg", str(DATA / "held_out" / "chelsea.jpg"))
+    namespace: dict = {}
+    exec(snippet, namespace)  # the card's own code runs as written
+    assert namespace["restored"].size == (64, 64)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    train(quick_config(mine, max_train_steps=1, checkpointing_steps=0), progress_bar=False)
+    assert (mine / "README.md").read_text() == "my notes\n"
+
+
 def test_one_fixed_prompt_is_encoded_exactly_once(short_run):
     assert short_run["encoded"] == [DEFAULT_INSTANCE_PROMPT]
 

@@ -68,8 +68,8 @@ Around the step:
 
 Outputs in ``--output_dir``: ``pytorch_lora_weights.safetensors`` (diffusers format, for
 ``FluxKontextPipeline.load_lora_weights(output_dir)``; the weight average when ``--ema_decay`` is
-on), ``training_config.json``, ``loss_curve.png``,
-``metrics.json``, ``validation/step-NNNNNN.png`` grids, ``checkpoint-N/`` and, with
+on), ``README.md`` (the model card: how to load it, the command, the validation scores;
+`card.model_card`), ``training_config.json``, ``loss_curve.png``, ``metrics.json``, ``validation/step-NNNNNN.png`` grids, ``checkpoint-N/`` and, with
 ``--report_to tensorboard``, ``logs/``.
 
 The package, by concern:

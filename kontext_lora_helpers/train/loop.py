@@ -22,7 +22,14 @@ from .. import latents as latent_ops
 from .. import lora as lora_ops
 from ..faults import fault_point
 from .. import objective
-from ..fileio import DiskFullError, disk_full_message, folder_lock, is_disk_full, write_json_atomically
+from ..fileio import (
+    DiskFullError,
+    disk_full_message,
+    folder_lock,
+    is_disk_full,
+    write_json_atomically,
+    write_text_atomically,
+)
 from ..lora import LORA_WEIGHT_NAME
 from .checkpoints import (
     CHECKPOINT_PREFIX,
@@ -43,6 +50,7 @@ from .config import (
     check_distributed_type,
     resolve_validation_dir,
 )
+from .card import MODEL_CARD_FILE, MODEL_CARD_TAG, model_card
 from .validation import Validator, build_validation_set
 
 __all__ = [
@@ -590,6 +598,12 @@ def _train_holding_the_folder(config: TrainConfig, on_step, on_validation, progr
                     output_dir / LORA_WEIGHT_NAME, error, needed.stat().st_size if needed else None)
                     + f" The last checkpoint, {last_checkpoint}, holds the trained LoRA; --resume_from_checkpoint "
                     "latest saves it again.") from error
+            card = output_dir / MODEL_CARD_FILE
+            if card.exists() and MODEL_CARD_TAG not in card.read_text(errors="replace"):
+                say(f"left {card} as it is (not a model card of this package); the LoRA's card was not written")
+            else:
+                write_text_atomically(card, model_card(config, RESTORATION_STEPS[config.objective],
+                                                       result["validation"]))
             say(f"LoRA saved to {result['lora_path']} ({progress.global_step} steps, "
                 f"{result['steps_per_second']:.2f} steps/s)")
     if is_main and progress.losses:
