@@ -420,7 +420,8 @@ class DegDataset(_PairDatasetBase):
         for offset in range(len(self.images)):
             info = self.images[(photo + offset) % len(self.images)]
             try:
-                return info, load_rgb(info.path, min_short_side=self.resolution), self.images[photo].path if offset else None
+                image = load_rgb(info.path, min_short_side=self.resolution)
+                return info, image, self.images[photo].path if offset else None
             except (UnusableImageError, OSError) as error:
                 if info.path not in self.unreadable:
                     self.unreadable.add(info.path)

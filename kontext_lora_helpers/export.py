@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if not is_disk_full(error):
             raise
-        return fail(disk_full_message(output, error, sum(p.numel() * p.element_size() for p in transformer.parameters())))
+        needed = sum(parameter.numel() * parameter.element_size() for parameter in transformer.parameters())
+        return fail(disk_full_message(output, error, needed))
     print(f"merged {len(merged)} LoRA layers (strength {args.strength:g}) into the transformer of "
           f"{args.merge_into_transformer}; wrote {output}")
     return 0

@@ -27,8 +27,8 @@ from .faults import fault_point
 
 __all__ = [
     "DISK_FULL_ERRNOS", "LOCK_FILE", "PARTIAL_SUFFIX", "DiskFullError", "FolderLockedError", "disk_full_message",
-    "folder_lock", "is_disk_full", "output_is_input_folder", "overwrites_its_input", "write_atomically", "write_json_atomically", "write_safetensors_atomically",
-    "write_text_atomically",
+    "folder_lock", "is_disk_full", "output_is_input_folder", "overwrites_its_input", "size_text", "write_atomically",
+    "write_json_atomically", "write_safetensors_atomically", "write_text_atomically",
 ]
 
 PARTIAL_SUFFIX = ".partial"
@@ -79,7 +79,8 @@ def overwrites_its_input(source: str | os.PathLike, output: str | os.PathLike) -
     return None
 
 
-def write_safetensors_atomically(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors_atomically(path: str | os.PathLike, tensors: dict,
+                                 metadata: dict[str, str] | None = None) -> Path:
     """A safetensors file through `write_atomically`: serialized in memory, then written with
     Python's own file I/O, so that a full disk raises `OSError` (ENOSPC, EFBIG) as every other
     write does (safetensors' ``save_file`` reports it as its own error type). `tensors` may be the

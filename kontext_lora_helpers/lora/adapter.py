@@ -171,21 +171,16 @@ def save_lora(transformer, output_dir, adapter_name: str = "default", weight_nam
     Returns:
         the path of the written file.
     """
-    import json
-
     from diffusers import FluxKontextPipeline
     from peft.utils import get_peft_model_state_dict
 
     from ..fileio import write_safetensors_atomically
-    from .files import DIFFUSERS_METADATA_KEY, RESTORATION_STEPS_METADATA_KEY
+    from .files import RESTORATION_STEPS_METADATA_KEY, diffusers_file_metadata
 
     output_dir = Path(output_dir)
     layers = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
-    # diffusers' own metadata (`_save_lora_weights` packs the LoraConfig under "transformer.<key>",
-    # `write_lora_layers` stores it as JSON), written here so that the step count can join it.
-    adapter_config = {f"transformer.{key}": sorted(value) if isinstance(value, set) else value
-                      for key, value in transformer.peft_config[adapter_name].to_dict().items()}
-    metadata = {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(adapter_config, indent=2, sort_keys=True)}
+    # diffusers' own metadata, written here so that the step count can join it
+    metadata = diffusers_file_metadata(transformer.peft_config[adapter_name].to_dict())
     if restoration_steps is not None:
         metadata[RESTORATION_STEPS_METADATA_KEY] = str(int(restoration_steps))
 

@@ -24,8 +24,9 @@ __all__ = [
     "RESTORATION_STEPS_METADATA_KEY",
     "adapter_metadata",
     "check_lora_fits",
-    "recorded_restoration_steps",
+    "diffusers_file_metadata",
     "read_safetensors",
+    "recorded_restoration_steps",
     "resolve_lora_file",
 ]
 
@@ -114,6 +115,15 @@ def read_safetensors(path: Path, shapes_only: bool = False) -> tuple[dict, dict[
             "weights must be .safetensors; a .bin/.pt pickle has to be converted first."
         ) from error
     return tensors, metadata
+
+
+def diffusers_file_metadata(adapter_config: dict) -> dict[str, str]:
+    """The safetensors metadata diffusers writes for a transformer LoRA (the inverse of
+    `adapter_metadata`): the LoraConfig's fields under ``transformer.<key>``, as JSON under
+    `DIFFUSERS_METADATA_KEY` (sets become sorted lists), plus ``"format": "pt"``."""
+    packed = {f"transformer.{key}": sorted(value) if isinstance(value, set) else value
+              for key, value in adapter_config.items()}
+    return {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
 
 
 def adapter_metadata(file_metadata: dict[str, str]) -> dict | None:

@@ -81,9 +81,9 @@ import torch
 from ..fileio import write_safetensors_atomically
 from .files import (
     DIFFUSERS_KEY,
-    DIFFUSERS_METADATA_KEY,
     LoraFileError,
     adapter_metadata,
+    diffusers_file_metadata,
     read_safetensors,
     resolve_lora_file,
 )
@@ -599,8 +599,7 @@ def layers_to_diffusers(layers: dict[str, LoraLayer]) -> tuple[dict[str, torch.T
         "init_lora_weights": True,
         "peft_type": "LORA",
     }
-    packed = {f"transformer.{key}": value for key, value in config.items()}
-    return state_dict, {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+    return state_dict, diffusers_file_metadata(config)
 
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, LoraLayer], str]:

@@ -358,6 +358,7 @@ def train(
 
 
 def _train_holding_the_folder(config: TrainConfig, on_step, on_validation, progress_bar: bool) -> dict:
+    """`train`'s body, for a `config` that `check_config` has resolved."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
@@ -366,7 +367,6 @@ def _train_holding_the_folder(config: TrainConfig, on_step, on_validation, progr
     from .. import losses as loss_ops
     from ..data import DegDataset
 
-    config = check_config(config)
     output_dir = Path(config.output_dir)
     _fresh_accelerator_state()
     accelerator = Accelerator(
